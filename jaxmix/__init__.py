@@ -1,0 +1,14 @@
+"""jaxmix: mixture models fitted by expectation-maximization in JAX."""
+
+from jaxmix import families as families
+from jaxmix.em import CONVERGED as CONVERGED
+from jaxmix.em import MAX_ITER as MAX_ITER
+from jaxmix.em import NONFINITE as NONFINITE
+from jaxmix.em import FitResult as FitResult
+from jaxmix.em import e_step as e_step
+from jaxmix.em import fit as fit
+from jaxmix.em import m_step as m_step
+from jaxmix.initialization import initialize as initialize
+from jaxmix.initialization import kmeans_plusplus as kmeans_plusplus
+
+__version__ = "0.1.0"

@@ -1,0 +1,266 @@
+"""Per-covariance-type kernels shared by the Gaussian family.
+
+Each kernel knows, for one covariance type, how to turn covariances into
+precision Cholesky factors, how to evaluate the Mahalanobis term, how to
+accumulate centred second moments and how to turn them back into covariances.
+The Gaussian family picks one through :data:`KERNELS`.
+
+Shapes follow scikit-learn: ``full`` (K, D, D), ``tied`` (D, D), ``diag`` (K, D),
+``spherical`` (K,). Precision Cholesky factors ``U`` satisfy ``U Uᵀ = Σ⁻¹`` and are
+upper triangular (``U = L⁻ᵀ`` for ``Σ = L Lᵀ``), so ``‖(x − μ)ᵀ U‖²`` is the
+Mahalanobis distance.
+
+Second moments are accumulated around a per-component *shift* ``c_k`` (the
+current means during EM), never as raw ``E[x xᵀ]``: the covariance is then
+``S2_k / N_k − d_k d_kᵀ`` with ``d_k = S1_k / N_k`` the (small) move of the mean,
+which keeps float32 accurate on offset or well-separated data.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _cholesky_precision(covariance: Array) -> Array:
+    """Upper-triangular U with U Uᵀ = covariance⁻¹, by a triangular solve."""
+    lower = jnp.linalg.cholesky(covariance)
+    eye = jnp.eye(covariance.shape[-1], dtype=covariance.dtype)
+    eye = jnp.broadcast_to(eye, covariance.shape)
+    inv_lower = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    return jnp.swapaxes(inv_lower, -1, -2)
+
+
+def _log_diag_sum(prec_chol: Array) -> Array:
+    # sum(log(diag)) rather than trace(log(U)): the latter has a NaN gradient
+    # through the zero triangle.
+    return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+class _Full:
+    """One full covariance matrix per component."""
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        return (n_components, n_features, n_features)
+
+    @staticmethod
+    def n_parameters(n_components: int, n_features: int) -> int:
+        return n_components * n_features * (n_features + 1) // 2
+
+    @staticmethod
+    def precisions_cholesky(covariances: Array) -> Array:
+        return _cholesky_precision(covariances)
+
+    @staticmethod
+    def precisions(prec_chol: Array) -> Array:
+        return prec_chol @ jnp.swapaxes(prec_chol, -1, -2)
+
+    @staticmethod
+    def log_det_precision_cholesky(prec_chol: Array, n_features: int) -> Array:
+        del n_features
+        return _log_diag_sum(prec_chol)  # (K,)
+
+    @staticmethod
+    def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
+        # All components in one matrix product: (N, D) @ (D, K·D). Working
+        # relative to an origin near the data keeps X @ U and μ @ U from
+        # cancelling when the data sit far from zero.
+        n_components, n_features = means.shape
+        stacked = jnp.transpose(prec_chol, (1, 0, 2)).reshape(
+            n_features, n_components * n_features
+        )
+        projected = ((X - origin) @ stacked).reshape(-1, n_components, n_features)
+        projected_means = jnp.einsum("kd,kde->ke", means - origin, prec_chol)
+        return jnp.sum(jnp.square(projected - projected_means), axis=-1)
+
+    @staticmethod
+    def second_moments(X: Array, resp: Array, shift: Array) -> tuple[Array, Array]:
+        # One (D, n) @ (n, D) product per component, mapped over components:
+        # measured faster than a single batched product of the same size.
+        def one_component(args):
+            resp_k, shift_k = args
+            centred = X - shift_k
+            weighted = centred * resp_k[:, None]
+            return jnp.sum(weighted, axis=0), weighted.T @ centred
+
+        return jax.lax.map(one_component, (resp.T, shift))
+
+    @staticmethod
+    def covariances(second, counts, delta, total, reg_covar, shift):
+        del total, shift
+        n_features = delta.shape[-1]
+        cov = second / counts[:, None, None] - delta[:, :, None] * delta[:, None, :]
+        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+        return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
+
+    @staticmethod
+    def fill(variance, n_components: int, n_features: int, dtype) -> Array:
+        eye = jnp.eye(n_features, dtype=dtype)
+        return jnp.broadcast_to(variance * eye, (n_components, n_features, n_features))
+
+
+class _Tied:
+    """One covariance matrix shared by all components, normalised by N."""
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        return (n_features, n_features)
+
+    @staticmethod
+    def n_parameters(n_components: int, n_features: int) -> int:
+        return n_features * (n_features + 1) // 2
+
+    precisions_cholesky = staticmethod(_cholesky_precision)
+    precisions = staticmethod(_Full.precisions)
+
+    @staticmethod
+    def log_det_precision_cholesky(prec_chol: Array, n_features: int) -> Array:
+        del n_features
+        return _log_diag_sum(prec_chol)  # scalar
+
+    @staticmethod
+    def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
+        projected = (X - origin) @ prec_chol  # (N, D)
+        projected_means = (means - origin) @ prec_chol  # (K, D)
+        return jnp.sum(
+            jnp.square(projected[:, None, :] - projected_means[None]), axis=-1
+        )
+
+    @staticmethod
+    def second_moments(X: Array, resp: Array, shift: Array):
+        r"""Additive statistics for the pooled within-component scatter.
+
+        With s_n = Σ_k r_nk and m_n = Σ_k r_nk c_k / s_n,
+
+        .. math::
+            Σ_k r_nk (x_n − c_k)(x_n − c_k)ᵀ = s_n (x_n − m_n)(x_n − m_n)ᵀ
+                + ½ Σ_{k,l} (r_nk r_nl / s_n) (c_k − c_l)(c_k − c_l)ᵀ,
+
+        so one D×D product over residuals and a K×K Gram matrix replace K
+        separate D×D products, and every term is a sum of positive parts.
+        """
+        total_resp = jnp.sum(resp, axis=1)  # (N,)
+        safe_total = jnp.where(total_resp > 0, total_resp, 1.0)
+        centre = (resp @ shift) / safe_total[:, None]
+        residual = X - centre
+        scatter = (residual * total_resp[:, None]).T @ residual
+        gram = (resp / safe_total[:, None]).T @ resp  # (K, K)
+        sums = resp.T @ X - jnp.sum(resp, axis=0)[:, None] * shift
+        return sums, (scatter, gram)
+
+    @staticmethod
+    def covariances(second, counts, delta, total, reg_covar, shift):
+        scatter, gram = second
+        n_features = delta.shape[-1]
+        between = shift[:, None, :] - shift[None, :, :]  # (K, K, D)
+        pairs = 0.5 * jnp.einsum("kl,kld,kle->de", gram, between, between)
+        moved = jnp.einsum("k,kd,ke->de", counts, delta, delta)
+        cov = (scatter + pairs - moved) / total
+        cov = 0.5 * (cov + cov.T)
+        return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
+
+    @staticmethod
+    def fill(variance, n_components: int, n_features: int, dtype) -> Array:
+        return variance * jnp.eye(n_features, dtype=dtype)
+
+
+class _Diag:
+    """One diagonal covariance per component."""
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        return (n_components, n_features)
+
+    @staticmethod
+    def n_parameters(n_components: int, n_features: int) -> int:
+        return n_components * n_features
+
+    @staticmethod
+    def precisions_cholesky(covariances: Array) -> Array:
+        return jax.lax.rsqrt(covariances)
+
+    @staticmethod
+    def precisions(prec_chol: Array) -> Array:
+        return jnp.square(prec_chol)
+
+    @staticmethod
+    def log_det_precision_cholesky(prec_chol: Array, n_features: int) -> Array:
+        del n_features
+        return jnp.sum(jnp.log(prec_chol), axis=-1)
+
+    @staticmethod
+    def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
+        del origin
+        scaled = (X[:, None, :] - means[None]) * prec_chol[None]
+        return jnp.sum(jnp.square(scaled), axis=-1)
+
+    @staticmethod
+    def second_moments(X: Array, resp: Array, shift: Array):
+        centred = X[:, None, :] - shift[None]  # (N, K, D), fused by XLA
+        sums = jnp.einsum("nk,nkd->kd", resp, centred)
+        second = jnp.einsum("nk,nkd->kd", resp, jnp.square(centred))
+        return sums, second
+
+    @staticmethod
+    def covariances(second, counts, delta, total, reg_covar, shift):
+        del total, shift
+        return second / counts[:, None] - jnp.square(delta) + reg_covar
+
+    @staticmethod
+    def fill(variance, n_components: int, n_features: int, dtype) -> Array:
+        return jnp.full((n_components, n_features), variance, dtype=dtype)
+
+
+class _Spherical:
+    """One variance per component, shared by all features."""
+
+    @staticmethod
+    def shape(n_components: int, n_features: int) -> tuple[int, ...]:
+        return (n_components,)
+
+    @staticmethod
+    def n_parameters(n_components: int, n_features: int) -> int:
+        return n_components
+
+    precisions_cholesky = staticmethod(_Diag.precisions_cholesky)
+    precisions = staticmethod(_Diag.precisions)
+
+    @staticmethod
+    def log_det_precision_cholesky(prec_chol: Array, n_features: int) -> Array:
+        return n_features * jnp.log(prec_chol)
+
+    @staticmethod
+    def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
+        del origin
+        sq = jnp.sum(jnp.square(X[:, None, :] - means[None]), axis=-1)
+        return sq * jnp.square(prec_chol)[None]
+
+    second_moments = staticmethod(_Diag.second_moments)
+
+    @staticmethod
+    def covariances(second, counts, delta, total, reg_covar, shift):
+        diag = _Diag.covariances(second, counts, delta, total, reg_covar, shift)
+        return jnp.mean(diag, axis=-1)
+
+    @staticmethod
+    def fill(variance, n_components: int, n_features: int, dtype) -> Array:
+        return jnp.full((n_components,), variance, dtype=dtype)
+
+
+KERNELS = {"full": _Full, "tied": _Tied, "diag": _Diag, "spherical": _Spherical}
+COVARIANCE_TYPES = tuple(KERNELS)
+
+
+def covariances_from_precisions(precisions: np.ndarray, covariance_type: str):
+    """Host-side inverse of user-given precisions (scikit-learn's precisions_init)."""
+    precisions = np.asarray(precisions)
+    if covariance_type in ("full", "tied"):
+        lower = np.linalg.cholesky(precisions)
+        eye = np.broadcast_to(np.eye(precisions.shape[-1]), precisions.shape)
+        inv_lower = np.linalg.solve(lower, eye)
+        return np.swapaxes(inv_lower, -1, -2) @ inv_lower
+    return 1.0 / precisions

@@ -1,0 +1,150 @@
+"""Starting points for EM, in JAX: k-means, k-means++, random, random_from_data."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxmix import em
+from jaxmix.families.gaussian import Gaussian, GaussianParams
+
+Array = jax.Array
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def _squared_distances(X: Array, centers: Array) -> Array:
+    # Direct differences (not ‖x‖² − 2x·c + ‖c‖²): exact on offset float32 data.
+    return jnp.sum(jnp.square(X[:, None, :] - centers[None]), axis=-1)
+
+
+def _sample_index(key, probabilities: Array, shape=()) -> Array:
+    """Indices drawn ∝ probabilities, or uniformly when they are all zero."""
+    total = jnp.sum(probabilities)
+    probabilities = jnp.where(
+        total > 0, probabilities / jnp.where(total > 0, total, 1.0),
+        1.0 / probabilities.shape[0],
+    )
+    return jax.random.choice(key, probabilities.shape[0], shape, p=probabilities)
+
+
+def kmeans_plusplus(key, X: Array, n_clusters: int,
+                    sample_weight: Array | None = None) -> tuple[Array, Array]:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii, with local trials).
+
+    Each new center is the best of ``2 + ⌊ln K⌋`` candidates drawn with
+    probability proportional to (weighted) squared distance to the nearest center.
+
+    Returns:
+      ``(centers, indices)``: centers (K, D) and their row indices in X (K,).
+    """
+    n_samples = X.shape[0]
+    weights = jnp.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
+    n_trials = 2 + int(math.log(n_clusters))
+    key, first_key = jax.random.split(key)
+    first = _sample_index(first_key, weights)
+    indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
+    closest = _squared_distances(X, X[first][None])[:, 0]
+
+    def add_center(i, carry):
+        indices, closest, key = carry
+        key, sub = jax.random.split(key)
+        candidates = _sample_index(sub, weights * closest, (n_trials,))
+        distances = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
+        potential = weights @ distances
+        best = jnp.argmin(potential)
+        return indices.at[i].set(candidates[best]), distances[:, best], key
+
+    indices, _, _ = jax.lax.fori_loop(1, n_clusters, add_center, (indices, closest, key))
+    return X[indices], indices
+
+
+def _lloyd_labels(X, centers, weights, max_iter=300):
+    """Labels of Lloyd's K-means: hard EM of an isotropic, fixed-variance Gaussian."""
+    family = Gaussian("spherical", variance=1.0, uniform_weights=True)
+    n_clusters = centers.shape[0]
+    params = GaussianParams(
+        jnp.full((n_clusters,), 1.0 / n_clusters, X.dtype),
+        centers,
+        jnp.ones((n_clusters,), X.dtype),
+    )
+    # Labels stop changing ⇒ the objective stops changing exactly; the threshold
+    # only absorbs round-off, relative to the data's spread.
+    tol = 1e-8 * jnp.mean(jnp.var(X, axis=0)) + jnp.finfo(X.dtype).tiny
+    result = em._fit(family, X, params, tol, weights, -jnp.inf,
+                     max_iter=max_iter, hard=True, chunk_size=None)
+    resp, _ = em.e_step(family, result.params, X, hard=True)
+    return resp
+
+
+def _initialize(family, key, X, sample_weight, *, n_components, method):
+    n_samples = X.shape[0]
+    if method == "kmeans":
+        weights = jnp.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
+        centers, _ = kmeans_plusplus(key, X, n_components, sample_weight)
+        resp = _lloyd_labels(X, centers, weights)
+    elif method == "k-means++":
+        _, indices = kmeans_plusplus(key, X, n_components, sample_weight)
+        resp = jnp.zeros((n_samples, n_components), X.dtype)
+        resp = resp.at[indices, jnp.arange(n_components)].set(1.0)
+    elif method == "random":
+        resp = jax.random.uniform(key, (n_samples, n_components), X.dtype)
+        resp = resp / jnp.sum(resp, axis=1, keepdims=True)
+    elif method == "random_from_data":
+        probabilities = None
+        if sample_weight is not None:
+            probabilities = sample_weight / jnp.sum(sample_weight)
+        indices = jax.random.choice(
+            key, n_samples, (n_components,), replace=False, p=probabilities
+        )
+        resp = jnp.zeros((n_samples, n_components), X.dtype)
+        resp = resp.at[indices, jnp.arange(n_components)].set(1.0)
+    else:
+        raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}")
+    return em.m_step(family, X, resp, sample_weight)
+
+
+_initialize_jit = jax.jit(_initialize, static_argnames=("n_components", "method"))
+
+
+def initialize(family, key, X: Array, n_components: int, method: str = "kmeans",
+               sample_weight: Array | None = None):
+    """Starting parameters for EM, computed in JAX (jit- and vmap-compatible).
+
+    As in scikit-learn, each method produces responsibilities and the family's
+    M-step turns them into parameters:
+
+    - ``"kmeans"``: one-hot labels of Lloyd's K-means from a k-means++ start;
+    - ``"k-means++"``: one-hot on the k-means++ seeds only;
+    - ``"random"``: uniform random responsibilities, normalised per sample;
+    - ``"random_from_data"``: one-hot on K distinct random samples.
+
+    Args:
+      family: the model family.
+      key: a JAX PRNG key.
+      X: data, shape (N, D).
+      n_components: K (static).
+      method: one of the above (static).
+      sample_weight: optional non-negative weights, shape (N,).
+
+    Returns:
+      The family's params.
+
+    Examples:
+      >>> import jax, jaxmix
+      >>> X = jax.random.normal(jax.random.key(0), (100, 2))
+      >>> params = jaxmix.initialize(jaxmix.families.Gaussian(), jax.random.key(1), X, 2)
+      >>> params.covariances.shape
+      (2, 2, 2)
+    """
+    if method not in INIT_METHODS:
+        raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}")
+    if not 1 <= n_components <= X.shape[0]:
+        raise ValueError(
+            f"n_components must be between 1 and n_samples={X.shape[0]}, "
+            f"got {n_components}"
+        )
+    return _initialize_jit(family, key, X, sample_weight, n_components=n_components,
+                           method=method)
