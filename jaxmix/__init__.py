@@ -12,3 +12,6 @@ from jaxmix.initialization import initialize as initialize
 from jaxmix.initialization import kmeans_plusplus as kmeans_plusplus
 
 __version__ = "0.1.0"
+from jaxmix._validation import ConvergenceWarning as ConvergenceWarning
+from jaxmix._validation import NotFittedError as NotFittedError
+from jaxmix.gaussian_mixture import GaussianMixture as GaussianMixture

@@ -45,7 +45,7 @@ def kmeans_plusplus(key, X: Array, n_clusters: int,
     n_trials = 2 + int(math.log(n_clusters))
     key, first_key = jax.random.split(key)
     first = _sample_index(first_key, weights)
-    indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
+    indices = jnp.zeros((n_clusters,), first.dtype).at[0].set(first)
     closest = _squared_distances(X, X[first][None])[:, 0]
 
     def add_center(i, carry):
@@ -55,7 +55,7 @@ def kmeans_plusplus(key, X: Array, n_clusters: int,
         distances = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
         potential = weights @ distances
         best = jnp.argmin(potential)
-        return indices.at[i].set(candidates[best]), distances[:, best], key
+        return indices.at[i].set(candidates[best].astype(indices.dtype)), distances[:, best], key
 
     indices, _, _ = jax.lax.fori_loop(1, n_clusters, add_center, (indices, closest, key))
     return X[indices], indices

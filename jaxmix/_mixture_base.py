@@ -1,0 +1,262 @@
+"""What every scikit-learn-style mixture estimator shares.
+
+Subclasses say how to build their family, check their parameters, turn user
+``*_init`` arrays into params and export fitted params as attributes; this base
+runs the restarts as one vmapped compiled fit, keeps the best, and provides the
+scoring methods.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmix import em, initialization
+from jaxmix._validation import (
+    ConvergenceWarning,
+    ParamsMixin,
+    check_array,
+    check_int,
+    check_option,
+    check_real,
+    check_sample_weight,
+    jax_key,
+    precision,
+)
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "method"))
+def _initialize_restarts(family, keys, X, sample_weight, *, n_components, method):
+    def one(key):
+        return initialization._initialize(
+            family, key, X, sample_weight, n_components=n_components, method=method
+        )
+
+    return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _fit_restarts(family, X, params, tol, sample_weight, initial_log_likelihood, *,
+                  max_iter):
+    def one(start):
+        return em._fit(family, X, start, tol, sample_weight, initial_log_likelihood,
+                       max_iter=max_iter, hard=False, chunk_size=None)
+
+    return jax.vmap(one)(params)
+
+
+@jax.jit
+def _log_joint_and_norm(family, params, X):
+    log_prob = em.log_joint(family, params, X)
+    return log_prob, jax.nn.logsumexp(log_prob, axis=1)
+
+
+class MixtureEstimator(ParamsMixin):
+    """Base of the mixture estimators (not for direct use)."""
+
+    _init_methods: tuple[str, ...] = initialization.INIT_METHODS
+
+    # -- what subclasses provide -------------------------------------------------
+    def _family(self):
+        raise NotImplementedError
+
+    def _check_model_parameters(self, X: np.ndarray) -> None:
+        """Subclass checks (init arrays, priors) after the common ones."""
+
+    def _check_data(self, X: np.ndarray) -> None:
+        """Subclass checks on the data itself (e.g. binary values)."""
+
+    def _user_params(self, X: np.ndarray):
+        """A dict of field -> array from the ``*_init`` arguments."""
+        return {}
+
+    def _set_fitted(self, params, dtype) -> None:
+        raise NotImplementedError
+
+    def _fitted_params(self):
+        raise NotImplementedError
+
+    # -- fitting -----------------------------------------------------------------
+    def _check_parameters(self, X: np.ndarray) -> None:
+        check_int(self.n_components, "n_components", 1)
+        check_real(self.tol, "tol", 0.0)
+        check_int(self.max_iter, "max_iter", 0)
+        check_int(self.n_init, "n_init", 1)
+        check_option(self.init_params, "init_params", self._init_methods)
+        check_int(self.verbose, "verbose", 0)
+        check_int(self.verbose_interval, "verbose_interval", 1)
+        if X.shape[0] < self.n_components:
+            raise ValueError(
+                "Expected n_samples >= n_components but got "
+                f"n_components = {self.n_components}, n_samples = {X.shape[0]}"
+            )
+        self._check_model_parameters(X)
+
+    def _validate_fit_input(self, X, sample_weight):
+        X = check_array(X, ensure_min_samples=2)
+        self._check_parameters(X)
+        self._check_data(X)
+        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        return X, weights
+
+    def _fit(self, X, sample_weight=None):
+        X, weights = self._validate_fit_input(X, sample_weight)
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        n_init = self.n_init if do_init else 1
+        family = self._family()
+        with precision(X.dtype):
+            data = jnp.asarray(X)
+            weights_j = None if weights is None else jnp.asarray(weights)
+            if do_init:
+                starts = self._initial_params(family, data, weights_j, n_init, X)
+                initial_ll = -np.inf
+            else:
+                starts = jax.tree.map(lambda a: jnp.asarray(a)[None],
+                                      self._fitted_params())
+                initial_ll = self.lower_bound_
+            results = _fit_restarts(family, data, starts, self.tol, weights_j,
+                                    initial_ll, max_iter=self.max_iter)
+            results = jax.device_get(results)
+        self._select_best(results, X.dtype, n_init)
+        self.n_features_in_ = X.shape[1]
+        return X
+
+    def _initial_params(self, family, data, weights, n_init, X):
+        user = self._user_params(X)
+        keys = jax.random.split(jax_key(self.random_state), n_init)
+        params = _initialize_restarts(family, keys, data, weights,
+                                      n_components=self.n_components,
+                                      method=self.init_params)
+        replaced = {
+            field: jnp.broadcast_to(jnp.asarray(value, data.dtype),
+                                    getattr(params, field).shape)
+            for field, value in user.items()
+        }
+        return params._replace(**replaced)
+
+    def _select_best(self, results, dtype, n_init) -> None:
+        finite = results.status != em.NONFINITE
+        if not finite.any():
+            raise ValueError(
+                "Fitting the mixture model failed because some components have "
+                "ill-defined empirical covariance (for instance caused by singleton "
+                "or collapsed samples). Try to decrease the number of components, "
+                "increase reg_covar, or scale the input data."
+            )
+        objective = np.where(finite, results.log_likelihood, -np.inf)
+        if self.max_iter == 0:
+            best = 0
+        else:
+            best = int(np.argmax(objective))
+        params = jax.tree.map(lambda a: np.asarray(a[best], dtype=dtype), results.params)
+        self._set_fitted(params, dtype)
+        n_iter = int(results.n_iter[best])
+        self.n_iter_ = n_iter
+        self.converged_ = bool(results.converged[best])
+        self.lower_bound_ = float(objective[best]) if self.max_iter > 0 else -np.inf
+        self.lower_bounds_ = [float(v) for v in results.trace[best, :n_iter]]
+        if self.verbose:
+            self._print_verbose(results, n_init)
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different "
+                "init parameters, or increase max_iter, tol, or check for "
+                "degenerate data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def _print_verbose(self, results, n_init) -> None:
+        # The fit is one compiled loop with no host round-trips, so the
+        # per-iteration report is printed from the recorded trace afterwards.
+        for init in range(n_init):
+            print(f"Initialization {init}")
+            n_iter = int(results.n_iter[init])
+            trace = results.trace[init, :n_iter]
+            previous = -np.inf
+            for iteration, value in enumerate(trace, start=1):
+                if iteration % self.verbose_interval == 0:
+                    if self.verbose > 1:
+                        print(f"  Iteration {iteration}\t ll change {value - previous:.5f}")
+                    else:
+                        print(f"  Iteration {iteration}")
+                previous = value
+            state = "converged" if results.converged[init] else "did not converge"
+            print(f"Initialization {state}. lower bound {results.log_likelihood[init]:.5f}")
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Estimate the parameters by EM (``n_init`` restarts run at once).
+
+        Args:
+          X: data, shape (N, D). float32 stays float32, everything else is float64.
+          y: ignored.
+          sample_weight: optional non-negative weights, shape (N,).
+
+        Returns:
+          self.
+        """
+        del y
+        self._fit(X, sample_weight)
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return the most probable component of every sample."""
+        del y
+        X = self._fit(X, sample_weight)
+        return self.predict(X)
+
+    # -- scoring -----------------------------------------------------------------
+    def _check_predict_input(self, X) -> np.ndarray:
+        self._check_is_fitted("converged_")
+        X = check_array(X, n_features=self.n_features_in_,
+                        estimator=type(self).__name__)
+        self._check_data(X)
+        return X
+
+    def _log_joint(self, X):
+        X = self._check_predict_input(X)
+        params = self._fitted_params()
+        dtype = params.means.dtype
+        with precision(dtype):
+            log_prob, log_norm = _log_joint_and_norm(
+                self._family(),
+                jax.tree.map(jnp.asarray, params),
+                jnp.asarray(X.astype(dtype, copy=False)),
+            )
+            return np.asarray(log_prob), np.asarray(log_norm)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-likelihood log p(x_n) of every sample, shape (N,)."""
+        return self._log_joint(X)[1]
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per sample."""
+        del y
+        return float(np.mean(self.score_samples(X)))
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable component of every sample, shape (N,)."""
+        return np.argmax(self._log_joint(X)[0], axis=1)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Responsibilities p(k | x_n), shape (N, K)."""
+        log_prob, log_norm = self._log_joint(X)
+        return np.exp(log_prob - log_norm[:, None])
+
+    def _n_parameters(self) -> int:
+        return self._family().n_parameters(self.n_components, self.n_features_in_)
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        X = self._check_predict_input(X)
+        n = X.shape[0]
+        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+
+    def aic(self, X) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        X = self._check_predict_input(X)
+        return -2 * self.score(X) * X.shape[0] + 2 * self._n_parameters()
