@@ -59,6 +59,8 @@ class MixtureEstimator(ParamsMixin):
     """Base of the mixture estimators (not for direct use)."""
 
     _init_methods: tuple[str, ...] = initialization.INIT_METHODS
+    _params_type: type = tuple  # the family's params NamedTuple
+    _param_fields: tuple[str, ...] = ()
 
     # -- what subclasses provide -------------------------------------------------
     def _family(self):
@@ -128,6 +130,13 @@ class MixtureEstimator(ParamsMixin):
     def _initial_params(self, family, data, weights, n_init, X):
         user = self._user_params(X)
         keys = jax.random.split(jax_key(self.random_state), n_init)
+        if set(user) == set(self._param_fields):
+            # Everything is given: no need to compile and run an initialisation.
+            fields = {
+                k: jnp.broadcast_to(jnp.asarray(v, data.dtype), (n_init, *np.shape(v)))
+                for k, v in user.items()
+            }
+            return self._params_type(**fields)
         params = _initialize_restarts(family, keys, data, weights,
                                       n_components=self.n_components,
                                       method=self.init_params)

@@ -173,6 +173,13 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
         else jnp.asarray(sample_weight, dtype)
     )
     total_weight = jnp.sum(weights)
+    # Location families are fitted around the data's mean (and moved back at
+    # the end): float32 means then keep their digits far from the origin.
+    translate = getattr(family, "translate", None)
+    if translate is not None:
+        origin = (weights @ X) / total_weight
+        X = X - origin
+        family, params = translate(params, -origin)
     if chunk_size is None:
         chunk_size = default_chunk_size(n_components, n_features)
     if n_samples > chunk_size:
@@ -219,8 +226,11 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
         trace=jnp.full((max_iter,), jnp.nan, dtype),
     )
     final = jax.lax.while_loop(cond, body, start)
+    params = final.params
+    if translate is not None:
+        _, params = translate(params, origin)
     return FitResult(
-        params=final.params,
+        params=params,
         log_likelihood=final.log_likelihood,
         n_iter=final.n_iter,
         converged=final.status == CONVERGED,

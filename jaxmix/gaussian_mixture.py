@@ -105,6 +105,9 @@ class GaussianMixture(MixtureEstimator):
       array([ 1., 10.])
     """
 
+    _params_type = GaussianParams
+    _param_fields = GaussianParams._fields
+
     def __init__(
         self,
         n_components=1,

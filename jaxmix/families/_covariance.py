@@ -145,11 +145,16 @@ class _Tied:
         """
         total_resp = jnp.sum(resp, axis=1)  # (N,)
         safe_total = jnp.where(total_resp > 0, total_resp, 1.0)
-        centre = (resp @ shift) / safe_total[:, None]
-        residual = X - centre
+        # m_n relative to an origin among the shifts: a raw Σ_k r_nk c_k far
+        # from zero would carry the origin's rounding into every residual.
+        origin = shift[0]
+        residual = (X - origin) - (resp @ (shift - origin)) / safe_total[:, None]
         scatter = (residual * total_resp[:, None]).T @ residual
         gram = (resp / safe_total[:, None]).T @ resp  # (K, K)
-        sums = resp.T @ X - jnp.sum(resp, axis=0)[:, None] * shift
+        # Σ_n r_nk (x_n − c_k) = Σ_n r_nk (x_n − m_n) + Σ_l G_kl (c_l − c_k):
+        # no raw Σ r x, which loses the mean's digits far from the origin.
+        between = shift[None, :, :] - shift[:, None, :]  # (K, K, D): c_l − c_k
+        sums = resp.T @ residual + jnp.einsum("kl,kld->kd", gram, between)
         return sums, (scatter, gram)
 
     @staticmethod

@@ -102,6 +102,18 @@ class Gaussian:
         log_det = self.kernel.log_det_precision_cholesky(prec_chol, n_features)
         return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
 
+    def translate(self, params: GaussianParams, offset: Array):
+        """The same model in coordinates moved by ``offset`` (x ↦ x + offset).
+
+        The engine fits in data coordinates centred at the data's mean, so means
+        keep their relative precision in float32 far from the origin; every
+        location (the means and, for MAP, the prior mean) moves with the data.
+        """
+        family = self
+        if getattr(self, "mean_prior", None) is not None:
+            family = dataclasses.replace(self, mean_prior=self.mean_prior + offset)
+        return family, params._replace(means=params.means + offset)
+
     def reference(self, X: Array, resp: Array) -> GaussianParams:
         """Parameters to centre the statistics at when there are none yet."""
         counts = guarded_counts(jnp.sum(resp, axis=0))

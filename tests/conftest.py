@@ -1,0 +1,50 @@
+"""Shared fixtures: small real data sets and a float64 switch."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmix.datasets import load_faithful
+
+
+@pytest.fixture
+def x64():
+    """Run a test with JAX's float64 enabled, restoring the flag afterwards."""
+    with jax.enable_x64(True):
+        yield
+
+
+def real_datasets() -> dict[str, np.ndarray]:
+    """Old Faithful plus the real data sets that ship with scikit-learn."""
+    from sklearn import datasets
+
+    return {
+        "faithful": load_faithful()[0],
+        "iris": datasets.load_iris().data,
+        "wine": datasets.load_wine().data,
+        "breast_cancer": datasets.load_breast_cancer().data,
+        "digits": datasets.load_digits().data,
+    }
+
+
+def spread_start(X: np.ndarray, n_components: int, covariance_type: str):
+    """A deterministic start: K spread-out samples, the data covariance, 1/K weights.
+
+    Returns weights, means and precisions in scikit-learn's shapes.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    order = np.argsort(X @ np.linspace(1.0, 2.0, X.shape[1]))
+    means = X[order[np.linspace(0, len(X) - 1, n_components).astype(int)]]
+    variance = X.var(axis=0) + 1e-3 * X.var(axis=0).mean() + 1e-6
+    d = X.shape[1]
+    cov = np.cov(X.T, bias=True).reshape(d, d) + np.diag(1e-3 * variance)
+    precisions = {
+        "full": np.stack([np.linalg.inv(cov)] * n_components),
+        "tied": np.linalg.inv(cov),
+        "diag": np.tile(1.0 / variance, (n_components, 1)),
+        "spherical": np.full(n_components, 1.0 / variance.mean()),
+    }[covariance_type]
+    weights = np.full(n_components, 1.0 / n_components)
+    return weights, means, precisions
