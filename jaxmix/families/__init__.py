@@ -1,5 +1,8 @@
 """Model families: params pytrees, log densities, statistics and M-steps."""
 
+from jaxmix.families.bernoulli import Bernoulli as Bernoulli
+from jaxmix.families.bernoulli import BernoulliParams as BernoulliParams
+from jaxmix.families.bernoulli import BernoulliStats as BernoulliStats
 from jaxmix.families.gaussian import Gaussian as Gaussian
 from jaxmix.families.gaussian import GaussianParams as GaussianParams
 from jaxmix.families.gaussian import GaussianStats as GaussianStats

@@ -1,9 +1,10 @@
-"""Mixing-weight updates shared by every family."""
+"""Mixing-weight updates and the Dirichlet prior, shared by every family."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import gammaln, xlogy
 
 Array = jax.Array
 
@@ -18,3 +19,38 @@ def update_weights(counts: Array, uniform: bool) -> Array:
     if uniform:
         return jnp.full_like(counts, 1.0 / counts.shape[0])
     return counts / jnp.sum(counts)
+
+
+def update_weights_map(counts: Array, concentration, uniform: bool) -> Array:
+    r"""MAP weights under a Dirichlet(α) prior (or 1/K if fixed).
+
+    .. math::
+        π_k = \frac{N_k + α_k − 1}{N + Σ_j α_j − K}
+
+    the mode of the Dirichlet(N_k + α_k) posterior; it is a point of the simplex
+    when every :math:`α_k ≥ 1`. ``concentration`` is None (maximum likelihood),
+    a scalar (the same α for every component) or an array of shape (K,).
+    """
+    if uniform or concentration is None:
+        return update_weights(counts, uniform)
+    shifted = counts + jnp.broadcast_to(concentration, counts.shape) - 1
+    return shifted / jnp.sum(shifted)
+
+
+def log_dirichlet(weights: Array, concentration, uniform: bool) -> Array:
+    r"""Log density of the Dirichlet(α) prior at the weights (normalised).
+
+    .. math::
+        \log Γ(Σ_k α_k) − Σ_k \log Γ(α_k) + Σ_k (α_k − 1) \log π_k
+
+    with :math:`0 · \log 0 = 0`, so α_k = 1 and an emptied component give no NaN.
+    Zero when there is no prior or the weights are fixed at 1/K.
+    """
+    if uniform or concentration is None:
+        return jnp.zeros((), weights.dtype)
+    alpha = jnp.broadcast_to(jnp.asarray(concentration, weights.dtype), weights.shape)
+    return (
+        gammaln(jnp.sum(alpha))
+        - jnp.sum(gammaln(alpha))
+        + jnp.sum(xlogy(alpha - 1, weights))
+    )
