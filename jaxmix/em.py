@@ -223,7 +223,8 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
         log_likelihood=jnp.asarray(initial_log_likelihood, dtype),
         n_iter=jnp.zeros((), jnp.int32),
         status=jnp.asarray(RUNNING if max_iter > 0 else MAX_ITER, jnp.int32),
-        trace=jnp.full((max_iter,), jnp.nan, dtype),
+        # one spare slot so the body traces even when max_iter is 0
+        trace=jnp.full((max_iter + 1,), jnp.nan, dtype),
     )
     final = jax.lax.while_loop(cond, body, start)
     params = final.params
@@ -235,7 +236,7 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
         n_iter=final.n_iter,
         converged=final.status == CONVERGED,
         status=final.status,
-        trace=final.trace,
+        trace=final.trace[:max_iter],
     )
 
 
