@@ -15,3 +15,5 @@ __version__ = "0.1.0"
 from jaxmix._validation import ConvergenceWarning as ConvergenceWarning
 from jaxmix._validation import NotFittedError as NotFittedError
 from jaxmix.gaussian_mixture import GaussianMixture as GaussianMixture
+from jaxmix import lowrank as lowrank
+from jaxmix import mixture as mixture
