@@ -36,12 +36,17 @@ def _fit_both(X, covariance_type, n_components, n_iter):
 
 
 def _assert_params_close(ours, theirs, rtol, atol_scale):
-    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+    for name in ("weights_", "means_", "covariances_"):
         a, b = getattr(ours, name), getattr(theirs, name)
         scale = np.max(np.abs(b))
         np.testing.assert_allclose(
             a, b, rtol=rtol, atol=atol_scale * scale, err_msg=name
         )
+    # Precision factors of ill-conditioned covariances (breast cancer's features
+    # span six decades) amplify round-off entrywise: compare them as matrices.
+    a, b = ours.precisions_cholesky_, theirs.precisions_cholesky_
+    gap = np.linalg.norm(a - b)
+    assert gap <= rtol * np.linalg.norm(b), (gap, np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -184,25 +189,26 @@ def test_warm_start_continues_from_previous_fit():
     np.testing.assert_allclose(warm.covariances_, cold.covariances_, rtol=1e-10)
 
 
-def test_n_init_keeps_the_best_restart():
+def test_n_init_keeps_the_best_restart(x64):
+    # The estimator draws one key per restart from random_state; refitting each
+    # restart alone through the functional API must find the estimator's pick
+    # among them, and nothing better.
+    from jaxmix._validation import jax_key
+
     X = DATA["wine"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         best = GaussianMixture(
             4, n_init=4, init_params="random", random_state=3, covariance_type="diag"
         ).fit(X)
-        singles = [
-            GaussianMixture(
-                4, init_params="random", random_state=seed, covariance_type="diag"
-            )
-            .fit(X)
-            .lower_bound_
-            for seed in range(3)
-        ]
-    # the restarts draw their own keys; the best of four is at least as good as
-    # its own members, and a sensible fit compared with single restarts
-    assert np.isfinite(best.lower_bound_)
-    assert best.lower_bound_ >= min(singles) - 1e-9
+    family = jaxmix.families.Gaussian("diag")
+    data = jax.numpy.asarray(X)
+    singles = []
+    for key in jax.random.split(jax_key(3), 4):
+        start = jaxmix.initialize(family, key, data, 4, method="random")
+        singles.append(float(jaxmix.fit(family, data, start).log_likelihood))
+    assert len(set(np.round(singles, 8))) > 1  # the restarts really differ
+    assert best.lower_bound_ == pytest.approx(max(singles), rel=1e-10)
 
 
 def test_verbose_prints_a_report(capsys):
