@@ -218,6 +218,28 @@ class MixtureEstimator(ParamsMixin):
         X = self._fit(X, sample_weight)
         return self.predict(X)
 
+    def fit_many(self, datasets, sample_weight=None, *, batch_size=None):
+        """Fit this model to each of many data sets at once (one compiled program).
+
+        Every data set gets ``n_init`` restarts of this estimator's settings
+        (``init_params``, ``max_iter``, ``tol``, ``*_init`` arrays), all fitted
+        together by vmapped EM; data sets of different lengths are padded and
+        masked by zero weights. ``warm_start`` and ``verbose`` are ignored.
+
+        Args:
+          datasets: a list of (N_b, D) arrays, or one (B, N, D) array.
+          sample_weight: None, or one weight array (N_b,) per data set.
+          batch_size: fit this many data sets at a time (bounded memory).
+
+        Returns:
+          A ``FittedMixtures``: stacked fitted parameters (``weights_``,
+          ``means_`` …, leading axis B), ``converged_``, ``n_iter_``,
+          ``lower_bound_``, ``status_``; ``result[b]`` is a fitted estimator.
+        """
+        from jaxmix import _fit_many
+
+        return _fit_many.fit_many(self, datasets, sample_weight, batch_size)
+
     # -- scoring -----------------------------------------------------------------
     def _check_predict_input(self, X) -> np.ndarray:
         self._check_is_fitted("converged_")

@@ -59,8 +59,31 @@ class _LoopState(NamedTuple):
 
 
 def log_joint(family, params, X: Array) -> Array:
-    """log π_k + log p(x_n | θ_k), shape (N, K)."""
-    return family.log_component_density(params, X) + jnp.log(params.weights)
+    """log π_k + log p(x_n | θ_k), shape (N, K).
+
+    A component of weight exactly zero gets −inf, whatever its density (which
+    may be undefined for a masked component), so it takes no responsibility.
+    """
+    active = params.weights > 0
+    log_prob = family.log_component_density(params, X) + jnp.log(params.weights)
+    return jnp.where(active, log_prob, -jnp.inf)
+
+
+def keep_zero_weights(new_params, params):
+    r"""Keep components of weight exactly zero at zero: the component mask.
+
+    EM never revives a component of weight zero (its responsibilities, hence
+    its count, are exactly zero), but the guarded count ``N_k + 10ε`` would give
+    it a weight of about 1e-15 after one M-step. Setting those weights back to
+    zero and renormalising the others keeps a masked component out of the fit,
+    so a K-component model whose last components have weight zero is fitted
+    exactly like the smaller model (:func:`jaxmix.batch.select_n_components`).
+    A no-op when every weight is positive.
+    """
+    active = params.weights > 0
+    weights = jnp.where(active, new_params.weights, 0)
+    weights = jnp.where(jnp.all(active), new_params.weights, weights / jnp.sum(weights))
+    return new_params._replace(weights=weights)
 
 
 def e_step(family, params, X: Array, *, hard: bool = False) -> tuple[Array, Array]:
@@ -194,7 +217,7 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
     def body(state):
         stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
         objective = (ll_sum + family.log_prior(state.params)) / total_weight
-        new_params = family.m_step(stats, state.params)
+        new_params = keep_zero_weights(family.m_step(stats, state.params), state.params)
         finite = jnp.isfinite(objective) & _all_finite(new_params)
         n_iter = state.n_iter + 1
         change = objective - state.log_likelihood

@@ -20,12 +20,19 @@ def _squared_distances(X: Array, centers: Array) -> Array:
     return jnp.sum(jnp.square(X[:, None, :] - centers[None]), axis=-1)
 
 
-def _sample_index(key, probabilities: Array, shape=()) -> Array:
-    """Indices drawn ∝ probabilities, or uniformly when they are all zero."""
+def _sample_index(key, probabilities: Array, shape=(), fallback=None) -> Array:
+    """Indices drawn ∝ probabilities, or ∝ ``fallback`` when they are all zero.
+
+    ``fallback`` defaults to uniform; pass the sample weights so that rows of
+    zero weight (padding) are never drawn, even then.
+    """
     total = jnp.sum(probabilities)
+    if fallback is None:
+        fallback = jnp.full_like(probabilities, 1.0 / probabilities.shape[0])
+    else:
+        fallback = fallback / jnp.sum(fallback)
     probabilities = jnp.where(
-        total > 0, probabilities / jnp.where(total > 0, total, 1.0),
-        1.0 / probabilities.shape[0],
+        total > 0, probabilities / jnp.where(total > 0, total, 1.0), fallback
     )
     return jax.random.choice(key, probabilities.shape[0], shape, p=probabilities)
 
@@ -51,7 +58,7 @@ def kmeans_plusplus(key, X: Array, n_clusters: int,
     def add_center(i, carry):
         indices, closest, key = carry
         key, sub = jax.random.split(key)
-        candidates = _sample_index(sub, weights * closest, (n_trials,))
+        candidates = _sample_index(sub, weights * closest, (n_trials,), weights)
         distances = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
         potential = weights @ distances
         best = jnp.argmin(potential)
@@ -72,7 +79,10 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
     )
     # Labels stop changing ⇒ the objective stops changing exactly; the threshold
     # only absorbs round-off, relative to the data's spread.
-    tol = 1e-8 * jnp.mean(jnp.var(X, axis=0)) + jnp.finfo(X.dtype).tiny
+    # Weighted spread, so zero-weight (padding) rows do not change it.
+    mean = weights @ X / jnp.sum(weights)
+    spread = weights @ jnp.square(X - mean) / jnp.sum(weights)
+    tol = 1e-8 * jnp.mean(spread) + jnp.finfo(X.dtype).tiny
     result = em._fit(family, X, params, tol, weights, -jnp.inf,
                      max_iter=max_iter, hard=True, chunk_size=None)
     resp, _ = em.e_step(family, result.params, X, hard=True)

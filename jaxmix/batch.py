@@ -1,0 +1,837 @@
+r"""Many fits at once: restarts, stacks of data sets and model selection.
+
+Every driver here is one compiled program that ``jax.vmap`` batches over fits:
+
+- :func:`fit_restarts` initialises and fits ``n_init`` restarts of one data set
+  and keeps the best (highest final objective, never a non-finite one);
+- :func:`fit_many` fits one mixture per data set of a stack (B, N, D), with
+  ragged data sets padded by :func:`pad_datasets` and masked through zero sample
+  weights, optionally in slices of ``batch_size`` data sets so that 10^5–10^6
+  small fits run in bounded memory;
+- :func:`select_n_components` fits every number of components from 1 to K_max
+  at once, as K_max-component models whose surplus components are masked out,
+  and returns a BIC/AIC table and the best model.
+
+Under ``vmap`` the engine's ``lax.while_loop`` runs until the slowest member of
+the batch stops; a member that has stopped (converged, reached ``max_iter`` or
+met a non-finite value) no longer changes, so each result is exactly what the
+same fit run alone gives. The price is that every member costs as many
+iterations as the slowest one.
+
+**Static and traced arguments.** A new compilation happens only when something
+that changes the program changes:
+
+- static: ``n_components`` and ``n_init`` (they are array shapes), ``method`` (a
+  different initialisation program), ``max_iter`` (it sizes the per-iteration
+  trace), the family's structure (e.g. the Gaussian ``covariance_type``, whether
+  a prior is present at all), the shapes and dtypes of the data and of
+  ``sample_weight`` (None or an array), and ``batch_size`` (the slice shape);
+- traced: the data, the key, ``tol``, the sample weights and every number of the
+  family (``reg_covar``, fixed variances, prior strengths). Refitting with new
+  data of the same shape, a new ``tol``, a new ``reg_covar`` or new prior
+  strengths reuses the compiled program.
+
+The component mask used by :func:`select_n_components` is a weight of exactly
+zero: the engine gives such a component −inf log weight (so no responsibility)
+and keeps its weight at zero through the M-step (:func:`jaxmix.em.keep_zero_weights`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmix import em, initialization
+
+Array = jax.Array
+
+
+class RestartsResult(NamedTuple):
+    """Outcome of :func:`fit_restarts`."""
+
+    best: em.FitResult  # the restart with the highest final objective
+    all: em.FitResult  # every restart, each field batched over R
+    best_index: Array  # ()  index of ``best`` in ``all``
+
+
+class BatchResult(NamedTuple):
+    """Outcome of :func:`fit_many`: one fit per data set (no per-iteration trace)."""
+
+    params: Any  # the family's params, each leaf batched over B
+    log_likelihood: Array  # (B,)  final objective (mean log-likelihood per sample)
+    n_iter: Array  # (B,)
+    converged: Array  # (B,)  bool
+    status: Array  # (B,)  CONVERGED, MAX_ITER or NONFINITE
+
+
+# -- restarts ----------------------------------------------------------------------
+
+
+def _select_best(results: em.FitResult) -> tuple[em.FitResult, Array]:
+    """The member (leading axis) with the highest finite final objective."""
+    finite = (results.status != em.NONFINITE) & jnp.isfinite(results.log_likelihood)
+    objective = jnp.where(finite, results.log_likelihood, -jnp.inf)
+    index = jnp.argmax(objective)
+    return jax.tree.map(lambda leaf: leaf[index], results), index
+
+
+def _replace_fields(params, overrides):
+    return params._replace(**overrides) if overrides else params
+
+
+def _restarts(
+    family, X, keys, tol, sample_weight, overrides, *, n_components, method, max_iter
+) -> RestartsResult:
+    def one(key):
+        start = initialization._initialize(
+            family, key, X, sample_weight, n_components=n_components, method=method
+        )
+        start = _replace_fields(start, overrides)
+        return em._fit(
+            family,
+            X,
+            start,
+            tol,
+            sample_weight,
+            -jnp.inf,
+            max_iter=max_iter,
+            hard=False,
+            chunk_size=None,
+        )
+
+    results = jax.vmap(one)(keys)
+    best, index = _select_best(results)
+    return RestartsResult(best, results, index)
+
+
+_STATIC = ("n_components", "method", "max_iter")
+_restarts_jit = jax.jit(_restarts, static_argnames=_STATIC)
+
+
+def _check_common(n_components, n_samples, method, max_iter, tol, n_init=1):
+    if isinstance(n_components, bool) or not isinstance(n_components, int):
+        raise ValueError(f"n_components must be an integer, got {n_components!r}")
+    if not 1 <= n_components <= n_samples:
+        raise ValueError(
+            f"n_components must be between 1 and n_samples={n_samples}, "
+            f"got {n_components}"
+        )
+    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+        raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
+    if method not in initialization.INIT_METHODS:
+        raise ValueError(
+            f"method must be one of {initialization.INIT_METHODS}, got {method!r}"
+        )
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if isinstance(tol, (int, float)) and not tol >= 0:
+        raise ValueError(f"tol must be non-negative, got {tol}")
+
+
+def _is_concrete(value) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _check_weights(sample_weight, shape, n_components):
+    """Shape, sign and enough positive weights per data set (concrete input only)."""
+    if sample_weight is None:
+        return
+    if tuple(np.shape(sample_weight)) != tuple(shape):
+        raise ValueError(
+            f"sample_weight must have shape {tuple(shape)}, "
+            f"got {tuple(np.shape(sample_weight))}"
+        )
+    if not _is_concrete(sample_weight):
+        return
+    weights = np.asarray(sample_weight)
+    if not np.all(np.isfinite(weights)):
+        raise ValueError("sample_weight contains NaN or infinity")
+    if np.any(weights < 0):
+        raise ValueError("sample_weight must be non-negative")
+    positive = np.sum(weights > 0, axis=-1)
+    if np.any(positive < n_components):
+        raise ValueError(
+            "every data set needs at least n_components samples of positive weight; "
+            f"the smallest has {int(np.min(positive))} < {n_components}"
+        )
+
+
+def fit_restarts(
+    family,
+    X: Array,
+    key: Array,
+    n_components: int,
+    n_init: int,
+    *,
+    method: str = "kmeans",
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    sample_weight: Array | None = None,
+) -> RestartsResult:
+    r"""Initialise and fit ``n_init`` restarts in one vmapped program; keep the best.
+
+    Restart ``r`` starts from ``jaxmix.initialize(family, keys[r], X, n_components,
+    method, sample_weight)`` with ``keys = jax.random.split(key, n_init)`` and is
+    fitted by :func:`jaxmix.fit`. The best restart is the one with the highest
+    final objective among those whose status is not ``NONFINITE`` (if all are
+    non-finite, restart 0 is returned and its status says so). Under ``vmap`` the
+    loop runs until the slowest restart stops; a stopped restart no longer
+    changes, so ``all`` holds exactly the results of the restarts run one by one.
+
+    Args:
+      family: the model family, e.g. ``jaxmix.families.Gaussian("full")``.
+      X: data, shape (N, D).
+      key: a JAX PRNG key.
+      n_components: K (static).
+      n_init: number of restarts R (static).
+      method: initialisation, one of ``jaxmix.initialization.INIT_METHODS``
+        (static).
+      max_iter: maximum EM iterations per restart (static).
+      tol: convergence threshold on the change of the objective (traced).
+      sample_weight: optional non-negative weights, shape (N,) (traced).
+
+    Returns:
+      A :class:`RestartsResult` ``(best, all, best_index)``.
+
+    Raises:
+      ValueError: bad ``n_components``, ``n_init``, ``method``, ``max_iter``,
+        ``tol`` or ``sample_weight``.
+
+    Examples:
+      >>> import jax, jaxmix
+      >>> X = jax.random.normal(jax.random.key(0), (300, 2))
+      >>> family = jaxmix.families.Gaussian("full")
+      >>> result = jaxmix.fit_restarts(family, X, jax.random.key(1), 3, n_init=8)
+      >>> result.all.log_likelihood.shape
+      (8,)
+    """
+    if np.ndim(X) != 2:
+        raise ValueError(f"X must have shape (N, D), got {np.shape(X)}")
+    _check_common(n_components, np.shape(X)[0], method, max_iter, tol, n_init)
+    _check_weights(sample_weight, np.shape(X)[:1], n_components)
+    keys = jax.random.split(key, n_init)
+    return _restarts_jit(
+        family,
+        X,
+        keys,
+        tol,
+        sample_weight,
+        None,
+        n_components=n_components,
+        method=method,
+        max_iter=max_iter,
+    )
+
+
+# -- stacks of data sets -----------------------------------------------------------
+
+
+def _to_batch_result(result: em.FitResult) -> BatchResult:
+    return BatchResult(
+        result.params,
+        result.log_likelihood,
+        result.n_iter,
+        result.converged,
+        result.status,
+    )
+
+
+def _many_from_keys(
+    family,
+    Xs,
+    keys,
+    tol,
+    sample_weight,
+    overrides,
+    *,
+    n_components,
+    n_init,
+    method,
+    max_iter,
+) -> BatchResult:
+    del n_init  # the shape of ``keys`` (B, R) carries it; static for the trace count
+
+    def one(X, dataset_keys, weights):
+        result = _restarts(
+            family,
+            X,
+            dataset_keys,
+            tol,
+            weights,
+            overrides,
+            n_components=n_components,
+            method=method,
+            max_iter=max_iter,
+        )
+        return _to_batch_result(result.best)
+
+    return jax.vmap(one)(Xs, keys, sample_weight)
+
+
+_many_from_keys_jit = jax.jit(_many_from_keys, static_argnames=(*_STATIC, "n_init"))
+
+
+def _many_from_params(family, Xs, params, tol, sample_weight, *, max_iter):
+    def one(X, start, weights):
+        return _to_batch_result(
+            em._fit(
+                family,
+                X,
+                start,
+                tol,
+                weights,
+                -jnp.inf,
+                max_iter=max_iter,
+                hard=False,
+                chunk_size=None,
+            )
+        )
+
+    return jax.vmap(one)(Xs, params, sample_weight)
+
+
+_many_from_params_jit = jax.jit(_many_from_params, static_argnames=("max_iter",))
+
+
+def _take(tree, start, stop, size):
+    """Rows start:stop of every leaf, padded to ``size`` rows by repeating row start."""
+    missing = size - (stop - start)
+    # NumPy leaves stay on the host until the slice is cut (bounded memory).
+    xp = lambda leaf: jnp if isinstance(leaf, jax.Array) else np
+
+    def one(leaf):
+        part = leaf[start:stop]
+        if missing:
+            fill = xp(leaf).repeat(leaf[start : start + 1], missing, axis=0)
+            part = xp(leaf).concatenate([part, fill])
+        return jnp.asarray(part)
+
+    return jax.tree.map(one, tree)
+
+
+def _in_slices(run, inputs, n_sets, batch_size):
+    """``run`` over slices of ``batch_size`` data sets; results concatenated.
+
+    The last slice is padded to full size (one compiled shape for all slices),
+    and at most two slices are in flight, so memory stays bounded by the slice.
+    """
+    parts, pending = [], None
+    for start in range(0, n_sets, batch_size):
+        stop = min(start + batch_size, n_sets)
+        out = run(*_take(inputs, start, stop, batch_size))
+        if pending is not None:
+            jax.block_until_ready(pending)
+        out = jax.tree.map(lambda leaf, n=stop - start: leaf[:n], out)
+        parts.append(out)
+        pending = out
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+
+def _fit_many(
+    family,
+    Xs,
+    keys,
+    *,
+    n_components,
+    sample_weight=None,
+    n_init=1,
+    batch_size=None,
+    method="kmeans",
+    max_iter=100,
+    tol=1e-3,
+    params=None,
+    overrides=None,
+) -> BatchResult:
+    """:func:`fit_many` with per-data-set keys (B,) and optional field overrides."""
+    n_sets = np.shape(Xs)[0]
+    if params is not None:
+
+        def run(Xs, params, sample_weight):
+            return _many_from_params_jit(
+                family, Xs, params, tol, sample_weight, max_iter=max_iter
+            )
+
+        inputs = (Xs, params, sample_weight)
+    else:
+
+        def run(Xs, keys, sample_weight):
+            restart_keys = jax.vmap(lambda k: jax.random.split(k, n_init))(keys)
+            return _many_from_keys_jit(
+                family,
+                Xs,
+                restart_keys,
+                tol,
+                sample_weight,
+                overrides,
+                n_components=n_components,
+                n_init=n_init,
+                method=method,
+                max_iter=max_iter,
+            )
+
+        inputs = (Xs, keys, sample_weight)
+    if batch_size is None or batch_size >= n_sets:
+        return run(*inputs)
+    return _in_slices(run, inputs, n_sets, batch_size)
+
+
+def fit_many(
+    family,
+    Xs: Array,
+    key: Array,
+    n_components: int,
+    *,
+    sample_weight: Array | None = None,
+    n_init: int = 1,
+    batch_size: int | None = None,
+    method: str = "kmeans",
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    params=None,
+) -> BatchResult:
+    r"""Fit one mixture per data set of a stack, all at once.
+
+    Data set ``b`` is fitted exactly as ``fit_restarts(family, Xs[b], keys[b],
+    n_components, n_init, ...)`` with ``keys = jax.random.split(key, B)``, and its
+    best restart is returned. Data sets of different lengths are padded to a
+    common length with :func:`pad_datasets`, whose zero sample weights mask the
+    padding out of the initialisation (zero-weight rows are never drawn) and of
+    every EM statistic: from the same start, a padded data set gives the fit of
+    the unpadded one (up to round-off in the order of summation).
+
+    Args:
+      family: the model family.
+      Xs: data sets, shape (B, N, D) (a NumPy array is transferred slice by slice
+        when ``batch_size`` is set).
+      key: a JAX PRNG key.
+      n_components: K (static).
+      sample_weight: optional non-negative weights, shape (B, N); zeros mask
+        padding. Each data set needs at least K rows of positive weight.
+      n_init: restarts per data set (static); the best is kept.
+      batch_size: if set, fit ``batch_size`` data sets at a time (a host loop over
+        slices of one compiled shape), so memory is bounded by the slice, not by
+        B. None fits the whole stack in one program.
+      method: initialisation method (static).
+      max_iter: maximum EM iterations (static).
+      tol: convergence threshold on the change of the objective (traced).
+      params: optional starting params with a leading B axis; then no
+        initialisation is run (``key`` is unused and ``n_init`` must be 1).
+
+    Returns:
+      A :class:`BatchResult`: params, log_likelihood, n_iter, converged and status,
+      each with a leading axis B.
+
+    Raises:
+      ValueError: bad shapes, options or weights.
+
+    Examples:
+      >>> import jax, jaxmix
+      >>> Xs = jax.random.normal(jax.random.key(0), (100, 50, 2))
+      >>> family = jaxmix.families.Gaussian("diag")
+      >>> result = jaxmix.fit_many(family, Xs, jax.random.key(1), 2)
+      >>> result.params.means.shape
+      (100, 2, 2)
+    """
+    if np.ndim(Xs) != 3:
+        raise ValueError(f"Xs must have shape (B, N, D), got {np.shape(Xs)}")
+    n_sets, n_samples, _ = np.shape(Xs)
+    if n_sets == 0:
+        raise ValueError("Xs holds no data sets")
+    _check_common(n_components, n_samples, method, max_iter, tol, n_init)
+    _check_weights(sample_weight, (n_sets, n_samples), n_components)
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if params is not None:
+        if n_init != 1:
+            raise ValueError("n_init must be 1 when starting params are given")
+        leading = {np.shape(leaf)[0] for leaf in jax.tree.leaves(params)}
+        if leading != {n_sets}:
+            raise ValueError(
+                f"params must have a leading axis of B={n_sets} data sets, got "
+                f"leading sizes {sorted(leading)}"
+            )
+    keys = jax.random.split(key, n_sets)
+    return _fit_many(
+        family,
+        Xs,
+        keys,
+        n_components=n_components,
+        sample_weight=sample_weight,
+        n_init=n_init,
+        batch_size=batch_size,
+        method=method,
+        max_iter=max_iter,
+        tol=tol,
+        params=params,
+    )
+
+
+def pad_datasets(
+    datasets: Sequence[Any], sample_weights: Sequence[Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack data sets of different lengths into (B, N_max, D), masked by weights.
+
+    Each data set is padded to the longest one with copies of its own first row
+    (values inside the data's domain, whatever the family) of weight zero.
+
+    Args:
+      datasets: B arrays of shape (N_b, D), the same D for all.
+      sample_weights: optional B arrays of shape (N_b,) (default: ones).
+
+    Returns:
+      ``(Xs, sample_weight)``: NumPy arrays of shapes (B, N_max, D) and
+      (B, N_max); float32 if every data set is float32, float64 otherwise.
+
+    Raises:
+      ValueError: no data sets, an empty or non-2-D data set, differing numbers
+        of features, or weights of the wrong length.
+
+    Examples:
+      >>> import numpy as np, jaxmix
+      >>> Xs, w = jaxmix.pad_datasets([np.zeros((3, 2)), np.ones((5, 2))])
+      >>> Xs.shape, w.sum(axis=1)
+      ((2, 5, 2), array([3., 5.]))
+    """
+    arrays = [np.asarray(x) for x in datasets]
+    if not arrays:
+        raise ValueError("pad_datasets needs at least one data set")
+    for index, array in enumerate(arrays):
+        if array.ndim != 2 or array.shape[0] == 0:
+            raise ValueError(
+                f"data set {index} must have shape (N, D) with N >= 1, "
+                f"got {array.shape}"
+            )
+    n_features = {array.shape[1] for array in arrays}
+    if len(n_features) != 1:
+        raise ValueError(
+            f"all data sets must have the same number of features, got {n_features}"
+        )
+    if sample_weights is not None and len(sample_weights) != len(arrays):
+        raise ValueError(
+            f"got {len(sample_weights)} sample weight arrays for {len(arrays)} "
+            "data sets"
+        )
+    dtype = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
+    n_max = max(array.shape[0] for array in arrays)
+    Xs = np.empty((len(arrays), n_max, n_features.pop()), dtype)
+    weights = np.zeros((len(arrays), n_max), dtype)
+    for index, array in enumerate(arrays):
+        n = array.shape[0]
+        Xs[index, :n] = array
+        Xs[index, n:] = array[0]
+        if sample_weights is None:
+            weights[index, :n] = 1
+        else:
+            given = np.asarray(sample_weights[index], dtype)
+            if given.shape != (n,):
+                raise ValueError(
+                    f"sample weights of data set {index} must have shape ({n},), "
+                    f"got {given.shape}"
+                )
+            weights[index, :n] = given
+    return Xs, weights
+
+
+# -- model selection ---------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "method"))
+def _initialize_restarts(family, keys, X, sample_weight, *, n_components, method):
+    def one(key):
+        return initialization._initialize(
+            family, key, X, sample_weight, n_components=n_components, method=method
+        )
+
+    return jax.vmap(one)(keys)
+
+
+def _pad_components(params, template):
+    """Pad every component axis (leading, per restart) to the template's size.
+
+    A leaf whose shape differs from the template's has a component axis (the
+    first after the restart axis): it is padded by repeating component 0, a
+    valid parameter value for any family, and the padded weights are set to
+    exactly zero, which masks those components out of the fit.
+    """
+
+    def pad(leaf, like):
+        missing = like.shape[1] - leaf.shape[1] if leaf.shape != like.shape else 0
+        if missing == 0:
+            return leaf
+        fill = jnp.repeat(leaf[:, :1], missing, axis=1)
+        return jnp.concatenate([leaf, fill], axis=1)
+
+    padded = jax.tree.map(pad, params, template)
+    n_restarts, n_active = params.weights.shape
+    zeros = jnp.zeros(
+        (n_restarts, template.weights.shape[1] - n_active), params.weights.dtype
+    )
+    return padded._replace(weights=jnp.concatenate([params.weights, zeros], axis=1))
+
+
+def _sweep(family, X, starts, tol, sample_weight, *, max_iter):
+    """Fit (K_max, R) masked starts; the best restart per K and its final score."""
+
+    def one_size(size_starts):
+        def one(start):
+            return em._fit(
+                family,
+                X,
+                start,
+                tol,
+                sample_weight,
+                -jnp.inf,
+                max_iter=max_iter,
+                hard=False,
+                chunk_size=None,
+            )
+
+        best, index = _select_best(jax.vmap(one)(size_starts))
+        log_norm = jax.nn.logsumexp(em.log_joint(family, best.params, X), axis=1)
+        weights = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
+        total = jnp.sum(weights * log_norm)
+        return best, index, total
+
+    return jax.vmap(one_size)(starts)
+
+
+_sweep_jit = jax.jit(_sweep, static_argnames=("max_iter",))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSelection:
+    """Outcome of :func:`select_n_components`: one row per (covariance type, K).
+
+    Arrays are indexed ``[t, k − 1]`` for covariance type ``covariance_types[t]``
+    and K = k. ``log_likelihood`` is the total (weighted) log-likelihood at the
+    fitted parameters; a non-finite fit gets ``inf`` criteria.
+    """
+
+    families: tuple  # (T,) the families fitted
+    covariance_types: tuple  # (T,) their covariance types (None if not Gaussian)
+    n_components: np.ndarray  # (K_max,)  1 … K_max
+    log_likelihood: np.ndarray  # (T, K_max)
+    n_parameters: np.ndarray  # (T, K_max)
+    bic: np.ndarray  # (T, K_max)
+    aic: np.ndarray  # (T, K_max)
+    status: np.ndarray  # (T, K_max)
+    fits: tuple  # (T,) FitResult batched over K, params padded to K_max (masked)
+    best_restart: np.ndarray  # (T, K_max)  index of the best restart
+    shapes: tuple  # (T, K_max) the K-component params' leaf shapes
+    criterion: str  # "bic" or "aic"
+    best_family: Any
+    best_n_components: int
+    best: em.FitResult  # the chosen fit, params with best_n_components components
+
+    def model(self, covariance_type=None, n_components=None) -> em.FitResult:
+        """The fit for one row, with its params cut to ``n_components`` components."""
+        t = self.covariance_types.index(covariance_type) if covariance_type else 0
+        k = self.n_components[-1] if n_components is None else n_components
+        fit = jax.tree.map(lambda leaf: leaf[k - 1], self.fits[t])
+        return fit._replace(params=_cut_components(fit.params, self.shapes[t][k - 1]))
+
+    def table(self) -> str:
+        """The table as text, the chosen row marked with ``*``."""
+        lines = [
+            f"{'covariance':>10} {'K':>3} {'log-lik':>12} {'params':>6} "
+            f"{'BIC':>12} {'AIC':>12}"
+        ]
+        for t, name in enumerate(self.covariance_types):
+            for j, k in enumerate(self.n_components):
+                mark = (
+                    "*"
+                    if (
+                        self.families[t] == self.best_family
+                        and k == self.best_n_components
+                    )
+                    else " "
+                )
+                lines.append(
+                    f"{name or '-':>10} {k:>3} {self.log_likelihood[t, j]:>12.3f} "
+                    f"{self.n_parameters[t, j]:>6} {self.bic[t, j]:>12.3f} "
+                    f"{self.aic[t, j]:>12.3f} {mark}"
+                )
+        return "\n".join(lines)
+
+
+def _cut_components(params, shapes):
+    """Drop masked components: cut each leaf to the K-component model's shape.
+
+    ``shapes`` holds the K-component leaves' shapes (``jax.ShapeDtypeStruct``);
+    a leaf of unchanged shape (a tied covariance) has no component axis.
+    """
+    return jax.tree.map(
+        lambda leaf, like: leaf[: like.shape[0]] if leaf.shape != like.shape else leaf,
+        params,
+        shapes,
+    )
+
+
+def select_n_components(
+    family,
+    X: Array,
+    key: Array,
+    max_components: int,
+    *,
+    covariance_types: Sequence[str] | None = None,
+    n_init: int = 1,
+    method: str = "kmeans",
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    sample_weight: Array | None = None,
+    criterion: str = "bic",
+) -> ModelSelection:
+    r"""Fit every K from 1 to ``max_components`` at once; a BIC/AIC table and the best.
+
+    For each K the starts are ``jaxmix.initialize(family, k_r, X, K, method)`` for
+    the restart keys ``k_r = jax.random.split(jax.random.split(key,
+    max_components)[K − 1], n_init)`` (the same as :func:`fit_restarts` with key
+    ``jax.random.split(key, max_components)[K − 1]``). They are padded to
+    ``max_components`` components of weight exactly zero, and all
+    ``max_components × n_init`` fits run as one vmapped program: a masked
+    component has −inf log weight, takes no responsibility and keeps weight
+    zero, so each fit equals the ordinary K-component fit from that start. The
+    starts are computed per K (one small compiled initialisation per K); the
+    fits are one program per covariance type.
+
+    The criteria use the (weighted) log-likelihood at the fitted parameters and
+    ``family.n_parameters(K, D)``: BIC = −2 log L + p log N, AIC = −2 log L + 2p,
+    with N the total sample weight. Priors are not supported in the masked sweep
+    (a masked component would still enter the prior density): use a maximum-
+    likelihood family.
+
+    Args:
+      family: the model family.
+      X: data, shape (N, D).
+      key: a JAX PRNG key (the same key for every covariance type, so the types
+        are compared from comparable starts).
+      max_components: the largest K.
+      covariance_types: for a Gaussian family, the covariance types to sweep
+        (default: the family's own).
+      n_init: restarts per K; the best (highest final objective) is kept.
+      method: initialisation method.
+      max_iter: maximum EM iterations.
+      tol: convergence threshold.
+      sample_weight: optional non-negative weights, shape (N,).
+      criterion: ``"bic"`` or ``"aic"``: which criterion picks the best model.
+
+    Returns:
+      A :class:`ModelSelection`.
+
+    Raises:
+      ValueError: bad options, or ``covariance_types`` for a family without them.
+
+    Examples:
+      >>> import jax, jaxmix
+      >>> X = jax.random.normal(jax.random.key(0), (200, 2))
+      >>> family = jaxmix.families.Gaussian("full")
+      >>> sweep = jaxmix.select_n_components(family, X, jax.random.key(1), 3)
+      >>> sweep.bic.shape
+      (1, 3)
+    """
+    if np.ndim(X) != 2:
+        raise ValueError(f"X must have shape (N, D), got {np.shape(X)}")
+    n_samples, n_features = np.shape(X)
+    _check_common(max_components, n_samples, method, max_iter, tol, n_init)
+    _check_weights(sample_weight, (n_samples,), max_components)
+    if criterion not in ("bic", "aic"):
+        raise ValueError(f"criterion must be 'bic' or 'aic', got {criterion!r}")
+    if covariance_types is None:
+        families = (family,)
+    else:
+        if not hasattr(family, "covariance_type"):
+            raise ValueError(
+                f"covariance_types given, but {type(family).__name__} has no "
+                "covariance_type"
+            )
+        if isinstance(covariance_types, str) or not covariance_types:
+            raise ValueError(
+                "covariance_types must be a non-empty sequence of names, got "
+                f"{covariance_types!r}"
+            )
+        families = tuple(
+            dataclasses.replace(family, covariance_type=name)
+            for name in covariance_types
+        )
+    names = tuple(getattr(f, "covariance_type", None) for f in families)
+    size_keys = jax.random.split(key, max_components)
+    if sample_weight is None:
+        total_weight = float(n_samples)
+    else:
+        total_weight = float(np.sum(np.asarray(sample_weight)))
+    sizes = np.arange(1, max_components + 1)
+
+    fits, best_restart, log_lik, n_params, status, shapes = [], [], [], [], [], []
+    for fam in families:
+        per_size = [
+            _initialize_restarts(
+                fam,
+                jax.random.split(size_keys[k - 1], n_init),
+                X,
+                sample_weight,
+                n_components=int(k),
+                method=method,
+            )
+            for k in sizes
+        ]
+        template = per_size[-1]
+        shapes.append(
+            tuple(
+                jax.tree.map(
+                    lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), p
+                )
+                for p in per_size
+            )
+        )
+        starts = [_pad_components(p, template) for p in per_size]
+        starts = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
+        best, index, total = _sweep_jit(
+            fam, X, starts, tol, sample_weight, max_iter=max_iter
+        )
+        fits.append(best)
+        best_restart.append(np.asarray(index))
+        log_lik.append(np.asarray(total, dtype=np.float64))
+        status.append(np.asarray(best.status))
+        n_params.append([fam.n_parameters(int(k), n_features) for k in sizes])
+
+    log_lik = np.stack(log_lik)
+    n_params = np.asarray(n_params)
+    status = np.stack(status)
+    finite = np.isfinite(log_lik) & (status != em.NONFINITE)
+    bic = np.where(finite, -2 * log_lik + n_params * math.log(total_weight), np.inf)
+    aic = np.where(finite, -2 * log_lik + 2 * n_params, np.inf)
+    scores = bic if criterion == "bic" else aic
+    t, j = np.unravel_index(int(np.argmin(scores)), scores.shape)
+    k = int(sizes[j])
+    chosen = jax.tree.map(lambda leaf: leaf[j], fits[t])
+    chosen = chosen._replace(params=_cut_components(chosen.params, shapes[t][j]))
+    return ModelSelection(
+        families=families,
+        covariance_types=names,
+        n_components=sizes,
+        log_likelihood=log_lik,
+        n_parameters=n_params,
+        bic=bic,
+        aic=aic,
+        status=status,
+        fits=tuple(fits),
+        best_restart=np.stack(best_restart),
+        shapes=tuple(shapes),
+        criterion=criterion,
+        best_family=families[t],
+        best_n_components=k,
+        best=chosen,
+    )
