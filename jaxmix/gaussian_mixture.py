@@ -14,7 +14,9 @@ def _check_weights(weights, n_components: int) -> np.ndarray:
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (n_components,):
         raise ValueError(
-            f"weights_init must have shape ({n_components},), got {weights.shape}"
+            "The parameter 'weights' should have the shape of "
+            f"({n_components},), but got {weights.shape}: weights_init needs one "
+            "weight per component"
         )
     if not np.all(np.isfinite(weights)):
         raise ValueError("weights_init contains NaN or infinity")
@@ -35,8 +37,9 @@ def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
     means = np.asarray(means, dtype=np.float64)
     if means.shape != (n_components, n_features):
         raise ValueError(
-            f"means_init must have shape ({n_components}, {n_features}), "
-            f"got {means.shape}"
+            "The parameter 'means' should have the shape of "
+            f"({n_components}, {n_features}), but got {means.shape}: means_init "
+            "needs one row per component and one column per feature"
         )
     if not np.all(np.isfinite(means)):
         raise ValueError("means_init contains NaN or infinity")
@@ -49,8 +52,9 @@ def _check_precisions(precisions, covariance_type: str, n_components: int,
     shape = _covariance.KERNELS[covariance_type].shape(n_components, n_features)
     if precisions.shape != shape:
         raise ValueError(
-            f"precisions_init for covariance_type={covariance_type!r} must have "
-            f"shape {shape}, got {precisions.shape}"
+            f"The parameter '{covariance_type} precision' should have the shape "
+            f"of {shape}, but got {precisions.shape} (precisions_init for "
+            f"covariance_type={covariance_type!r})"
         )
     if not np.all(np.isfinite(precisions)):
         raise ValueError("precisions_init contains NaN or infinity")
