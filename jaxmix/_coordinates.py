@@ -227,12 +227,15 @@ _COVARIANCE_CHARTS = {
 
 
 def _gaussian_charts(family) -> dict[str, Any]:
+    # Any family with Gaussian params: ``Gaussian`` and the fixed-variance
+    # ``IsotropicGaussian`` (spherical covariances, no ``covariance_type``).
     charts = {}
-    if not family.uniform_weights:
+    if not getattr(family, "uniform_weights", False):
         charts["weights"] = Simplex
     charts["means"] = Location
-    if family.variance is None:
-        charts["covariances"] = _COVARIANCE_CHARTS[family.covariance_type]
+    if getattr(family, "variance", None) is None:
+        covariance_type = getattr(family, "covariance_type", "spherical")
+        charts["covariances"] = _COVARIANCE_CHARTS[covariance_type]
     return charts
 
 
