@@ -46,8 +46,9 @@ def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
     return means
 
 
-def _check_precisions(precisions, covariance_type: str, n_components: int,
-                      n_features: int) -> np.ndarray:
+def _check_precisions(
+    precisions, covariance_type: str, n_components: int, n_features: int
+) -> np.ndarray:
     precisions = np.asarray(precisions, dtype=np.float64)
     shape = _covariance.KERNELS[covariance_type].shape(n_components, n_features)
     if precisions.shape != shape:
@@ -72,6 +73,119 @@ def _check_precisions(precisions, covariance_type: str, n_components: int,
     return precisions
 
 
+def _check_positive_definite(matrix, name: str, n_features: int) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (n_features, n_features):
+        raise ValueError(
+            f"{name} must have shape ({n_features}, {n_features}), got {matrix.shape}"
+        )
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    if not np.allclose(matrix, matrix.T) or np.linalg.eigvalsh(matrix).min() <= 0:
+        raise ValueError(f"{name} must be symmetric positive definite")
+    return matrix
+
+
+def _resolve_priors(estimator, X: np.ndarray) -> dict:
+    """Checked MAP priors for the Gaussian family, with scikit-learn's defaults.
+
+    Returns the family's keyword arguments (``weight_concentration``,
+    ``mean_prior``, ``mean_precision``, ``degrees_of_freedom``,
+    ``covariance_prior``), None where maximum likelihood. If any of the four
+    normal-inverse-Wishart priors is given, the others default as in
+    ``BayesianGaussianMixture``: κ₀ = 1, m₀ = the data mean, ν₀ = D, Ψ₀ = the
+    data covariance (its diagonal for ``diag``, the mean variance for
+    ``spherical``).
+    """
+    n_features = X.shape[1]
+    covariance_type = estimator.covariance_type
+    dtype = X.dtype
+    alpha = estimator.weight_concentration_prior
+    if alpha is not None:
+        if isinstance(alpha, bool):
+            raise ValueError("weight_concentration_prior must be a number or array")
+        alpha = np.asarray(alpha, dtype=np.float64)
+        if alpha.shape not in ((), (estimator.n_components,)):
+            raise ValueError(
+                "weight_concentration_prior must be a scalar or have shape "
+                f"({estimator.n_components},), got {alpha.shape}"
+            )
+        if not np.all(np.isfinite(alpha)) or np.any(alpha < 1):
+            raise ValueError(
+                "weight_concentration_prior must be finite and >= 1 (the MAP "
+                f"weights exist only for Dirichlet concentrations >= 1), got {alpha}"
+            )
+        alpha = alpha.astype(dtype)
+    priors = dict(
+        weight_concentration=alpha,
+        mean_prior=None,
+        mean_precision=None,
+        degrees_of_freedom=None,
+        covariance_prior=None,
+    )
+    given = (
+        estimator.mean_precision_prior,
+        estimator.mean_prior,
+        estimator.degrees_of_freedom_prior,
+        estimator.covariance_prior,
+    )
+    if all(value is None for value in given):
+        return priors
+    kappa, mean, nu, psi = given
+    kappa = 1.0 if kappa is None else check_real(kappa, "mean_precision_prior", 0.0)
+    if kappa <= 0:
+        raise ValueError(f"mean_precision_prior must be positive, got {kappa}")
+    if mean is None:
+        mean = X.mean(axis=0)
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.shape != (n_features,):
+        raise ValueError(
+            f"mean_prior must have shape ({n_features},), got {mean.shape}"
+        )
+    if not np.all(np.isfinite(mean)):
+        raise ValueError("mean_prior contains NaN or infinity")
+    nu = (
+        float(n_features)
+        if nu is None
+        else check_real(nu, "degrees_of_freedom_prior", -np.inf)
+    )
+    if nu <= n_features - 1:
+        raise ValueError(
+            f"degrees_of_freedom_prior must be greater than n_features - 1 = "
+            f"{n_features - 1}, got {nu}"
+        )
+    if psi is None:
+        variances = np.var(X, axis=0, ddof=1)
+        psi = {
+            "full": lambda: np.atleast_2d(np.cov(X.T)),
+            "tied": lambda: np.atleast_2d(np.cov(X.T)),
+            "diag": lambda: variances,
+            "spherical": lambda: variances.mean(),
+        }[covariance_type]()
+    if covariance_type in ("full", "tied"):
+        psi = _check_positive_definite(psi, "covariance_prior", n_features)
+    elif covariance_type == "diag":
+        psi = np.asarray(psi, dtype=np.float64)
+        if psi.shape != (n_features,):
+            raise ValueError(
+                f"covariance_prior for covariance_type='diag' must have shape "
+                f"({n_features},), got {psi.shape}"
+            )
+        if not np.all(np.isfinite(psi)) or np.any(psi <= 0):
+            raise ValueError("covariance_prior must be finite and positive")
+    else:
+        psi = check_real(psi, "covariance_prior", 0.0)
+        if psi <= 0:
+            raise ValueError(f"covariance_prior must be positive, got {psi}")
+    priors.update(
+        mean_prior=mean.astype(dtype),
+        mean_precision=np.asarray(kappa, dtype),
+        degrees_of_freedom=np.asarray(nu, dtype),
+        covariance_prior=np.asarray(psi, dtype),
+    )
+    return priors
+
+
 class GaussianMixture(MixtureEstimator):
     """Gaussian mixture fitted by EM, with scikit-learn's interface.
 
@@ -94,6 +208,18 @@ class GaussianMixture(MixtureEstimator):
       random_state: None, an int or a ``numpy.random.RandomState``.
       warm_start: start from the previous fit's parameters.
       verbose, verbose_interval: print a per-iteration report after the fit.
+      weight_concentration_prior: Dirichlet α ≥ 1 on the weights (scalar or
+        (K,)); None for maximum likelihood.
+      mean_precision_prior, mean_prior, degrees_of_freedom_prior,
+        covariance_prior: κ₀ > 0, m₀ (D,), ν₀ > D − 1 and Ψ₀ (full/tied (D, D),
+        diag (D,), spherical a scalar) of a normal-inverse-Wishart prior on the
+        means and covariances (see :class:`jaxmix.families.Gaussian`). All None
+        (the default) is maximum likelihood; if any is given, the others
+        default as in scikit-learn's ``BayesianGaussianMixture``: κ₀ = 1, m₀ the
+        data mean, ν₀ = D, Ψ₀ the data covariance. With priors EM maximises the
+        posterior, and ``lower_bound_`` is the mean log-likelihood plus the log
+        prior divided by N. The priors are traced: changing their values does
+        not recompile.
 
     Attributes:
       weights_, means_, covariances_, precisions_, precisions_cholesky_: the
@@ -129,6 +255,11 @@ class GaussianMixture(MixtureEstimator):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        weight_concentration_prior=None,
+        mean_precision_prior=None,
+        mean_prior=None,
+        degrees_of_freedom_prior=None,
+        covariance_prior=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -144,21 +275,37 @@ class GaussianMixture(MixtureEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.weight_concentration_prior = weight_concentration_prior
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.covariance_prior = covariance_prior
 
     def _family(self) -> Gaussian:
-        return Gaussian(covariance_type=self.covariance_type, reg_covar=self.reg_covar)
+        # The priors resolved at fit time (data-dependent defaults filled in).
+        priors = getattr(self, "_family_priors", {})
+        return Gaussian(
+            covariance_type=self.covariance_type, reg_covar=self.reg_covar, **priors
+        )
 
     def _check_model_parameters(self, X):
-        check_option(self.covariance_type, "covariance_type", _covariance.COVARIANCE_TYPES)
+        check_option(
+            self.covariance_type, "covariance_type", _covariance.COVARIANCE_TYPES
+        )
         check_real(self.reg_covar, "reg_covar", 0.0)
+        self._family_priors = _resolve_priors(self, X)
         n_features = X.shape[1]
         if self.weights_init is not None:
             _check_weights(self.weights_init, self.n_components)
         if self.means_init is not None:
             _check_means(self.means_init, self.n_components, n_features)
         if self.precisions_init is not None:
-            _check_precisions(self.precisions_init, self.covariance_type,
-                              self.n_components, n_features)
+            _check_precisions(
+                self.precisions_init,
+                self.covariance_type,
+                self.n_components,
+                n_features,
+            )
 
     def _user_params(self, X):
         user = {}
@@ -205,12 +352,20 @@ class GaussianMixture(MixtureEstimator):
         blocks = []
         for k, count in enumerate(counts):
             if self.covariance_type == "full":
-                block = rng.multivariate_normal(self.means_[k], self.covariances_[k], count)
+                block = rng.multivariate_normal(
+                    self.means_[k], self.covariances_[k], count
+                )
             elif self.covariance_type == "tied":
-                block = rng.multivariate_normal(self.means_[k], self.covariances_, count)
+                block = rng.multivariate_normal(
+                    self.means_[k], self.covariances_, count
+                )
             else:
                 scale = np.sqrt(self.covariances_[k])
-                block = self.means_[k] + rng.standard_normal((count, n_features)) * scale
+                block = (
+                    self.means_[k] + rng.standard_normal((count, n_features)) * scale
+                )
             blocks.append(block)
-        labels = np.concatenate([np.full(c, k, dtype=int) for k, c in enumerate(counts)])
+        labels = np.concatenate(
+            [np.full(c, k, dtype=int) for k, c in enumerate(counts)]
+        )
         return np.vstack(blocks).astype(self.means_.dtype), labels

@@ -8,9 +8,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import gammaln, multigammaln
 
 from jaxmix.families import _covariance
-from jaxmix.families._weights import guarded_counts, update_weights
+from jaxmix.families._weights import (
+    guarded_counts,
+    log_dirichlet,
+    update_weights_map,
+)
 
 Array = jax.Array
 
@@ -35,13 +40,187 @@ class GaussianStats(NamedTuple):
     second: Any  # centred second moments, per covariance type
 
 
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _log_det_psd(matrix: Array) -> Array:
+    return 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(matrix))))
+
+
+def _log_normal_iw(deviation, prec_chol, kappa, psi, nu):
+    r"""log N(μ | m₀, Σ/κ₀) + log IW(Σ | Ψ₀, ν₀) through U with U Uᵀ = Σ⁻¹.
+
+    ``deviation`` μ − m₀ is (K, D); ``prec_chol`` is (K, D, D) (one Σ per mean)
+    or (D, D) (one Σ shared by all means, counted once in the IW term).
+    """
+    n_features = deviation.shape[-1]
+    shared = prec_chol.ndim == 2
+    log_det_u = jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), -1)
+    projected = (
+        deviation @ prec_chol
+        if shared
+        else jnp.einsum("kd,kde->ke", deviation, prec_chol)
+    )
+    log_normal = (
+        0.5 * n_features * (jnp.log(kappa) - _LOG_2PI)
+        + log_det_u
+        - 0.5 * kappa * jnp.sum(jnp.square(projected), axis=-1)
+    )
+    trace = jnp.einsum("de,...ef,...df->...", psi, prec_chol, prec_chol)
+    log_iw = (
+        0.5 * nu * _log_det_psd(psi)
+        - 0.5 * nu * n_features * math.log(2)
+        - multigammaln(0.5 * nu, n_features)
+        + (nu + n_features + 1) * log_det_u
+        - 0.5 * trace
+    )
+    return jnp.sum(log_normal) + jnp.sum(log_iw)
+
+
+def _log_normal_inverse_gamma(deviation, variances, kappa, shape, scale):
+    r"""Σ log N(μ | m₀, σ²/κ₀) + log IG(σ² | shape, scale), elementwise."""
+    log_var = jnp.log(variances)
+    log_normal = 0.5 * (jnp.log(kappa) - _LOG_2PI - log_var) - 0.5 * kappa * (
+        jnp.square(deviation) / variances
+    )
+    log_ig = (
+        shape * jnp.log(scale)
+        - gammaln(shape)
+        - (shape + 1) * log_var
+        - scale / variances
+    )
+    return jnp.sum(log_normal) + jnp.sum(log_ig)
+
+
+class _FullPrior:
+    """Normal-inverse-Wishart on each (μ_k, Σ_k)."""
+
+    @staticmethod
+    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
+        del total
+        n_features = deviation.shape[-1]
+        scatter = scatter_cov * counts[:, None, None]
+        moved = shrink[:, None, None] * deviation[:, :, None] * deviation[:, None, :]
+        return (psi + scatter + moved) / (nu + counts + n_features + 2)[:, None, None]
+
+    @staticmethod
+    def log_prior(means, covariances, prec_chol, mean_prior, kappa, psi, nu):
+        del covariances
+        return _log_normal_iw(means - mean_prior, prec_chol, kappa, psi, nu)
+
+
+class _TiedPrior:
+    """N(μ_k | m₀, Σ/κ₀) for every k, and one inverse-Wishart on the shared Σ."""
+
+    @staticmethod
+    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
+        n_components, n_features = deviation.shape
+        scatter = scatter_cov * total
+        moved = jnp.einsum("k,kd,ke->de", shrink, deviation, deviation)
+        return (psi + scatter + moved) / (nu + total + n_features + 1 + n_components)
+
+    log_prior = _FullPrior.log_prior
+
+
+class _DiagPrior:
+    """The NIW restricted to diagonal Σ_k: per feature, a normal-inverse-Gamma."""
+
+    @staticmethod
+    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
+        del total
+        n_features = deviation.shape[-1]
+        scatter = scatter_cov * counts[:, None]
+        moved = shrink[:, None] * jnp.square(deviation)
+        return (psi + scatter + moved) / (nu + counts + n_features + 2)[:, None]
+
+    @staticmethod
+    def log_prior(means, covariances, prec_chol, mean_prior, kappa, psi, nu):
+        del prec_chol
+        n_features = means.shape[-1]
+        shape = 0.5 * (nu + n_features - 1)
+        return _log_normal_inverse_gamma(
+            means - mean_prior, covariances, kappa, shape, 0.5 * psi
+        )
+
+
+class _SphericalPrior:
+    """The NIW restricted to Σ_k = σ²_k I: one normal-inverse-Gamma per component."""
+
+    @staticmethod
+    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
+        del total
+        n_features = deviation.shape[-1]
+        trace_scatter = scatter_cov * counts * n_features
+        moved = shrink * jnp.sum(jnp.square(deviation), axis=-1)
+        return (n_features * psi + trace_scatter + moved) / (
+            n_features * (nu + counts + n_features + 2)
+        )
+
+    @staticmethod
+    def log_prior(means, covariances, prec_chol, mean_prior, kappa, psi, nu):
+        del prec_chol
+        n_features = means.shape[-1]
+        deviation = jnp.sum(jnp.square(means - mean_prior), axis=-1)
+        log_var = jnp.log(covariances)
+        log_normal = (
+            0.5 * n_features * (jnp.log(kappa) - _LOG_2PI - log_var)
+            - 0.5 * kappa * deviation / covariances
+        )
+        shape = 0.5 * n_features * (nu + n_features + 1) - 1
+        scale = 0.5 * n_features * psi
+        log_ig = (
+            shape * jnp.log(scale)
+            - gammaln(shape)
+            - (shape + 1) * log_var
+            - scale / covariances
+        )
+        return jnp.sum(log_normal) + jnp.sum(log_ig)
+
+
+_PRIORS = {
+    "full": _FullPrior,
+    "tied": _TiedPrior,
+    "diag": _DiagPrior,
+    "spherical": _SphericalPrior,
+}
+_NIW_FIELDS = ("mean_prior", "mean_precision", "degrees_of_freedom", "covariance_prior")
+_PRIOR_FIELDS = ("weight_concentration", *_NIW_FIELDS)
+
+
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
     r"""Specification of a Gaussian mixture family.
 
     The covariance type and whether weights are learned are static (they change
-    shapes or branches); ``reg_covar`` and ``variance`` are traced pytree leaves,
-    so changing them does not recompile a jitted fit.
+    shapes or branches); ``reg_covar``, ``variance`` and the priors are traced
+    pytree leaves, so changing them does not recompile a jitted fit (turning a
+    prior on or off does).
+
+    **Priors (MAP-EM).** With no prior the M-step is maximum likelihood. A
+    Dirichlet(α) prior on the weights and a normal-inverse-Wishart prior on the
+    means and covariances turn it into the MAP M-step, and the engine's
+    objective into the mean log-likelihood plus ``log_prior / N``. In the
+    notation m₀ = ``mean_prior``, κ₀ = ``mean_precision``, ν₀ =
+    ``degrees_of_freedom`` and Ψ₀ = ``covariance_prior`` the prior is
+
+    - ``full``: μ_k | Σ_k ~ N(m₀, Σ_k / κ₀) and Σ_k ~ IW(Ψ₀, ν₀), with density
+      ∝ |Σ|^{−(ν₀+D+1)/2} exp(−½ tr(Ψ₀ Σ⁻¹)); Ψ₀ is (D, D);
+    - ``tied``: μ_k | Σ ~ N(m₀, Σ / κ₀) for every k and one Σ ~ IW(Ψ₀, ν₀);
+    - ``diag``: the same prior restricted to diagonal Σ_k, i.e. independently per
+      feature μ_kd | σ²_kd ~ N(m₀d, σ²_kd / κ₀) and
+      σ²_kd ~ InvGamma((ν₀ + D − 1)/2, ψ_d / 2); Ψ₀ = diag(ψ) is given as (D,);
+    - ``spherical``: restricted to Σ_k = σ²_k I, i.e. μ_k | σ²_k ~ N(m₀, σ²_k I/κ₀)
+      and σ²_k ~ InvGamma(D(ν₀ + D + 1)/2 − 1, Dψ/2); Ψ₀ = ψ I is given as a
+      scalar ψ.
+
+    The restrictions keep the prior modes of the covariances equal,
+    Ψ₀ / (ν₀ + D + 1), whatever the covariance type. ``covariance_prior`` is the
+    inverse-Wishart scale Ψ₀, which is what scikit-learn's
+    ``BayesianGaussianMixture`` calls ``covariance_prior`` (the inverse of the
+    Wishart scale of the precisions). The four NIW numbers are given together
+    or not at all; the estimator fills the ones a user leaves out with
+    scikit-learn's defaults (κ₀ = 1, m₀ the data mean, ν₀ = D, Ψ₀ the data
+    covariance); the family itself only takes concrete values.
 
     Args:
       covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
@@ -49,18 +228,35 @@ class Gaussian:
       variance: if given, a fixed, known isotropic variance σ²: covariances are
         σ²·I (in the shape of ``covariance_type``) and are not learned.
       uniform_weights: if True the weights stay at 1/K.
+      weight_concentration: Dirichlet α, a scalar or (K,), entries ≥ 1 for
+        the MAP weights to lie on the simplex; None for maximum likelihood.
+      mean_prior: m₀, shape (D,).
+      mean_precision: κ₀ > 0.
+      degrees_of_freedom: ν₀ > D − 1.
+      covariance_prior: Ψ₀: (D, D) symmetric positive definite for ``full``
+        and ``tied``, (D,) positive for ``diag``, a positive scalar for
+        ``spherical``.
 
     Examples:
       >>> import jaxmix
       >>> family = jaxmix.families.Gaussian("diag", reg_covar=1e-6)
       >>> family.covariance_type
       'diag'
+      >>> import numpy as np
+      >>> map_family = jaxmix.families.Gaussian(
+      ...     "spherical", weight_concentration=2.0, mean_prior=np.zeros(2),
+      ...     mean_precision=1.0, degrees_of_freedom=2.0, covariance_prior=1.0)
     """
 
     covariance_type: str = "full"
     reg_covar: Any = 1e-6
     variance: Any = None
     uniform_weights: bool = False
+    weight_concentration: Any = None
+    mean_prior: Any = None
+    mean_precision: Any = None
+    degrees_of_freedom: Any = None
+    covariance_prior: Any = None
 
     def __post_init__(self):
         if self.covariance_type not in _covariance.KERNELS:
@@ -72,10 +268,27 @@ class Gaussian:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
         if isinstance(self.variance, (int, float)) and not self.variance > 0:
             raise ValueError(f"variance must be positive, got {self.variance}")
+        given = [name for name in _NIW_FIELDS if getattr(self, name) is not None]
+        if given and len(given) != len(_NIW_FIELDS):
+            missing = [name for name in _NIW_FIELDS if name not in given]
+            raise ValueError(
+                "The normal-inverse-Wishart prior needs mean_prior, mean_precision, "
+                f"degrees_of_freedom and covariance_prior together; missing {missing}"
+            )
+        if given and self.variance is not None:
+            raise ValueError(
+                "A fixed variance cannot have a prior on the covariances; drop "
+                "either variance or the normal-inverse-Wishart prior"
+            )
 
     @property
     def kernel(self):
         return _covariance.KERNELS[self.covariance_type]
+
+    @property
+    def has_covariance_prior(self) -> bool:
+        """Whether the means and covariances have a normal-inverse-Wishart prior."""
+        return self.covariance_prior is not None
 
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, as counted for BIC and AIC."""
@@ -122,50 +335,109 @@ class Gaussian:
         covariances = self.kernel.fill(1.0, n_components, n_features, X.dtype)
         return GaussianParams(counts / jnp.sum(counts), means, covariances)
 
-    def statistics(self, params: GaussianParams, X: Array, resp: Array) -> GaussianStats:
-        """Sufficient statistics of (weighted) responsibilities, centred at the means."""
+    def statistics(
+        self, params: GaussianParams, X: Array, resp: Array
+    ) -> GaussianStats:
+        """Sufficient statistics of weighted responsibilities, centred at the means."""
         shift = params.means
         sums, second = self.kernel.second_moments(X, resp, shift)
         return GaussianStats(jnp.sum(resp, axis=0), sums, second)
 
     def m_step(self, stats: GaussianStats, params: GaussianParams) -> GaussianParams:
-        r"""Closed-form M-step from the statistics.
+        r"""Closed-form (MAP) M-step from the statistics.
+
+        Maximum likelihood (no prior):
 
         .. math::
-            π_k = N_k / N, \quad μ_k = Σ_n r_nk x_n / N_k, \quad
-            Σ_k = Σ_n r_nk (x_n − μ_k)(x_n − μ_k)ᵀ / N_k + \text{reg}·I
+            π_k = N_k / N, \quad μ_k = x̄_k = Σ_n r_nk x_n / N_k, \quad
+            Σ_k = S_k / N_k + \text{reg}·I,
 
-        (tied: one Σ = Σ_k Σ_n r_nk (x_n − μ_k)(x_n − μ_k)ᵀ / N; diag keeps the
-        diagonal; spherical averages it over features.) ``params`` supplies the
-        centring shift ``c_k`` the statistics were taken around.
+        with the scatter :math:`S_k = Σ_n r_nk (x_n − x̄_k)(x_n − x̄_k)ᵀ` (tied:
+        one Σ = Σ_k S_k / N; diag keeps the diagonal; spherical averages it over
+        features).
+
+        MAP, with a Dirichlet(α) prior on the weights and the normal-inverse-
+        Wishart prior (m₀, κ₀, ν₀, Ψ₀) of the class docstring, writing
+        :math:`c_k = κ₀ N_k / (κ₀ + N_k)` and :math:`d_k = x̄_k − m₀`:
+
+        .. math::
+            π_k = \frac{N_k + α_k − 1}{N + Σ_j α_j − K}, \qquad
+            μ_k = \frac{N_k x̄_k + κ₀ m₀}{N_k + κ₀},
+
+        - full: :math:`Σ_k = \frac{Ψ₀ + S_k + c_k d_k d_kᵀ}{ν₀ + N_k + D + 2}`
+          (the joint mode of the NIW posterior);
+        - tied: :math:`Σ = \frac{Ψ₀ + Σ_k (S_k + c_k d_k d_kᵀ)}{ν₀ + N + D + 1 + K}`;
+        - diag: :math:`σ²_{kd} = \frac{ψ_d + S_{k,dd} + c_k d_{kd}²}{ν₀ + N_k + D + 2}`;
+        - spherical: :math:`σ²_k = \frac{Dψ + \mathrm{tr} S_k + c_k ‖d_k‖²}
+          {D (ν₀ + N_k + D + 2)}`;
+
+        each plus reg·I. ``params`` supplies the centring shift ``c_k`` the
+        statistics were taken around.
         """
         counts = guarded_counts(stats.counts)
         delta = stats.sums / counts[:, None]
-        means = params.means + delta
-        n_components, n_features = means.shape
-        if self.variance is None:
-            covariances = self.kernel.covariances(
-                stats.second,
-                counts,
-                delta,
-                jnp.sum(counts),
-                self.reg_covar,
-                params.means,
-            )
+        shift = params.means
+        n_components, n_features = shift.shape
+        total = jnp.sum(counts)
+        if self.has_covariance_prior:
+            kappa = self.mean_precision
+            pull = stats.sums + kappa * (self.mean_prior - shift)
+            means = shift + pull / (counts + kappa)[:, None]
         else:
+            means = shift + delta
+        if self.variance is not None:
             covariances = self.kernel.fill(
                 self.variance, n_components, n_features, means.dtype
             )
-        weights = update_weights(counts, self.uniform_weights)
+        elif self.has_covariance_prior:
+            scatter_cov = self.kernel.covariances(
+                stats.second, counts, delta, total, 0.0, shift
+            )
+            deviation = (shift - self.mean_prior) + delta
+            shrink = kappa * counts / (kappa + counts)
+            covariances = _PRIORS[self.covariance_type].covariances(
+                scatter_cov,
+                counts,
+                deviation,
+                total,
+                shrink,
+                self.covariance_prior,
+                self.degrees_of_freedom,
+            ) + self.kernel.fill(self.reg_covar, n_components, n_features, means.dtype)
+        else:
+            covariances = self.kernel.covariances(
+                stats.second, counts, delta, total, self.reg_covar, shift
+            )
+        weights = update_weights_map(
+            counts, self.weight_concentration, self.uniform_weights
+        )
         return GaussianParams(weights, means, covariances)
 
     def log_prior(self, params: GaussianParams) -> Array:
-        """Log prior density of the parameters (zero: maximum likelihood)."""
-        return jnp.zeros((), params.means.dtype)
+        r"""Log prior density of the parameters, normalised (zero for ML).
+
+        :math:`\log \mathrm{Dir}(π | α)` plus, with the normal-inverse-Wishart
+        prior, :math:`Σ_k \log N(μ_k | m₀, Σ_k/κ₀) + \log IW(Σ_k | Ψ₀, ν₀)`
+        (or its tied, diagonal or spherical form of the class docstring).
+        """
+        total = log_dirichlet(
+            params.weights, self.weight_concentration, self.uniform_weights
+        )
+        if self.has_covariance_prior:
+            total = total + _PRIORS[self.covariance_type].log_prior(
+                params.means,
+                params.covariances,
+                self.precisions_cholesky(params),
+                self.mean_prior,
+                self.mean_precision,
+                self.covariance_prior,
+                self.degrees_of_freedom,
+            )
+        return total
 
 
 jax.tree_util.register_dataclass(
     Gaussian,
-    data_fields=["reg_covar", "variance"],
+    data_fields=["reg_covar", "variance", *_PRIOR_FIELDS],
     meta_fields=["covariance_type", "uniform_weights"],
 )
