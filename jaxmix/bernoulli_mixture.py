@@ -48,11 +48,7 @@ def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
 
 def _check_prior_values(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Finite numbers ≥ 1 broadcastable to ``shape`` (MAP needs the mode inside)."""
-    if isinstance(value, bool) or (
-        not isinstance(value, numbers.Real)
-        and not isinstance(value, np.ndarray)
-        and not isinstance(value, (list, tuple))
-    ):
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise ValueError(f"{name} must be a number or an array, got {value!r}")
     try:
         array = np.asarray(value, dtype=np.float64)
