@@ -17,3 +17,5 @@ from jaxmix._validation import NotFittedError as NotFittedError
 from jaxmix.gaussian_mixture import GaussianMixture as GaussianMixture
 from jaxmix import lowrank as lowrank
 from jaxmix import mixture as mixture
+from jaxmix import check as check
+from jaxmix.gradient import fit_gradient as fit_gradient
