@@ -235,10 +235,11 @@ def test_get_set_params_and_clone():
         model.set_params(bogus=1)
 
 
+# One shape for every case, so each covariance type and dtype compiles once.
 DEGENERATE = {
-    "identical points": np.ones((20, 3)),
-    "constant feature": np.c_[np.linspace(0, 1, 30), np.full(30, 7.0)],
-    "two distinct points": np.repeat([[0.0, 0.0], [1.0, 1.0]], 10, axis=0),
+    "identical points": np.ones((40, 2)),
+    "constant feature": np.c_[np.linspace(0, 1, 40), np.full(40, 7.0)],
+    "two distinct points": np.repeat([[0.0, 0.0], [1.0, 1.0]], 20, axis=0),
     "tiny scale": 1e-12 * np.random.default_rng(0).normal(size=(40, 2)),
     "huge scale": 1e12 * np.random.default_rng(1).normal(size=(40, 2)),
 }
