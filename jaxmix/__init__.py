@@ -19,3 +19,4 @@ from jaxmix import lowrank as lowrank
 from jaxmix import mixture as mixture
 from jaxmix import check as check
 from jaxmix.gradient import fit_gradient as fit_gradient
+from jaxmix.bernoulli_mixture import BernoulliMixture as BernoulliMixture
