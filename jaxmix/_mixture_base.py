@@ -61,6 +61,12 @@ class MixtureEstimator(ParamsMixin):
     _init_methods: tuple[str, ...] = initialization.INIT_METHODS
     _params_type: type = tuple  # the family's params NamedTuple
     _param_fields: tuple[str, ...] = ()
+    _nonfinite_message = (
+        "Fitting the mixture model failed because some components have "
+        "ill-defined empirical covariance (for instance caused by singleton "
+        "or collapsed samples). Try to decrease the number of components, "
+        "increase reg_covar, or scale the input data."
+    )
 
     # -- what subclasses provide -------------------------------------------------
     def _family(self):
@@ -150,12 +156,7 @@ class MixtureEstimator(ParamsMixin):
     def _select_best(self, results, dtype, n_init) -> None:
         finite = results.status != em.NONFINITE
         if not finite.any():
-            raise ValueError(
-                "Fitting the mixture model failed because some components have "
-                "ill-defined empirical covariance (for instance caused by singleton "
-                "or collapsed samples). Try to decrease the number of components, "
-                "increase reg_covar, or scale the input data."
-            )
+            raise ValueError(self._nonfinite_message)
         objective = np.where(finite, results.log_likelihood, -np.inf)
         if self.max_iter == 0:
             best = 0
@@ -269,14 +270,27 @@ class MixtureEstimator(ParamsMixin):
         del y
         return float(np.mean(self.score_samples(X)))
 
+    def _log_resp(self, X) -> np.ndarray:
+        log_prob, log_norm = self._log_joint(X)
+        impossible = np.flatnonzero(np.isneginf(log_norm))
+        if impossible.size:
+            # p(k | x) is 0/0 there: say so rather than return NaN or a guess.
+            raise ValueError(
+                f"{impossible.size} sample(s) (rows {impossible[:10].tolist()}"
+                f"{' ...' if impossible.size > 10 else ''}) have probability zero "
+                "under every component, so their component is undefined; "
+                "score_samples gives them -inf. A prior (e.g. mean_prior for "
+                "Bernoulli means) keeps every sample possible."
+            )
+        return log_prob - log_norm[:, None]
+
     def predict(self, X) -> np.ndarray:
         """Most probable component of every sample, shape (N,)."""
-        return np.argmax(self._log_joint(X)[0], axis=1)
+        return np.argmax(self._log_resp(X), axis=1)
 
     def predict_proba(self, X) -> np.ndarray:
         """Responsibilities p(k | x_n), shape (N, K)."""
-        log_prob, log_norm = self._log_joint(X)
-        return np.exp(log_prob - log_norm[:, None])
+        return np.exp(self._log_resp(X))
 
     def _n_parameters(self) -> int:
         return self._family().n_parameters(self.n_components, self.n_features_in_)

@@ -127,6 +127,12 @@ class BernoulliMixture(MixtureEstimator):
     _init_methods = ("random", "kmeans")
     _params_type = BernoulliParams
     _param_fields = BernoulliParams._fields
+    _nonfinite_message = (
+        "Fitting the Bernoulli mixture failed: every restart reached a non-finite "
+        "log-likelihood (some samples became impossible under every component). "
+        "Try init_params='random', fewer components, or a mean_prior=(a, b) with "
+        "a, b > 1."
+    )
     # Read by the base class; not parameters of this estimator.
     verbose = 0
     verbose_interval = 10

@@ -363,3 +363,19 @@ def test_get_params_round_trip():
     assert params["mean_prior"] == (2, 2) and params["uniform_weights"] is True
     assert "verbose" not in params
     assert BernoulliMixture().set_params(**params).get_params() == params
+
+
+def test_impossible_samples_are_reported_not_nan():
+    # Feature 0 is never on in training, so ML puts θ_k0 = 0 in every component
+    # and a sample with it on has probability zero under every component.
+    rng = np.random.default_rng(0)
+    X = (rng.random((60, 4)) < 0.5).astype(float)
+    X[:, 0] = 0
+    model = BernoulliMixture(2, random_state=0).fit(X)
+    odd = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    scores = model.score_samples(odd)
+    assert np.isneginf(scores[0]) and np.isfinite(scores[1])
+    with pytest.raises(ValueError, match="probability zero under every component"):
+        model.predict_proba(odd)
+    with pytest.raises(ValueError, match="rows \\[0\\]"):
+        model.predict(odd)
