@@ -410,6 +410,27 @@ FAMILIES = [
     ("gaussian-spherical", Gaussian("spherical"), X, STEPS["spherical"]),
     ("gaussian-fixed-variance", Gaussian("spherical", variance=0.5), X, 0),
     ("gaussian-uniform-weights", Gaussian("diag", uniform_weights=True), X, 0),
+    *[
+        (
+            f"gaussian-map-{kind}",
+            Gaussian(
+                kind,
+                weight_concentration=2.0,
+                mean_prior=np.ones(2),
+                mean_precision=0.5,
+                degrees_of_freedom=3.0,
+                covariance_prior=psi,
+            ),
+            X,
+            0,
+        )
+        for kind, psi in (
+            ("full", np.array([[1.0, 0.2], [0.2, 0.5]])),
+            ("tied", np.array([[1.0, 0.2], [0.2, 0.5]])),
+            ("diag", np.array([1.0, 0.5])),
+            ("spherical", 0.75),
+        )
+    ],
     ("bernoulli", Bernoulli(), XB, 0),
     ("bernoulli-map", Bernoulli(weight_concentration=ALPHA, mean_prior=(A, B)), XB, 50),
 ]
