@@ -14,9 +14,15 @@ and whose params have a ``weights`` field. Because the statistics are sums over
 samples, the same loop serves data in chunks and data sharded over devices: the
 chunks' statistics are added up (and XLA adds them across devices).
 
+Optional: ``combine_statistics(a, b)`` replaces the addition of two chunks'
+statistics (the hard families also keep their farthest samples, merged by
+distance), and ``additive_statistics = False`` says the statistics need all
+samples at once (medians), so the data is never split into chunks.
+
 Static arguments (changing them recompiles): the family's structure (for the
 Gaussian family ``covariance_type`` and ``uniform_weights``), ``max_iter`` (it sizes
-the trace), ``hard`` and ``chunk_size``, and of course array shapes and dtypes.
+the trace), ``hard``, ``chunk_size`` and ``criterion``, and of course array shapes
+and dtypes.
 Traced (changing them does not recompile): the data, the start, ``tol``, sample
 weights and the family's numbers (``reg_covar``, fixed variances, priors).
 """
@@ -29,12 +35,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxmix.families._hard import first_argmax
+
 Array = jax.Array
 
 RUNNING = 0
 CONVERGED = 1
 MAX_ITER = 2
 NONFINITE = 3
+CRITERIA = ("objective", "means")
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_ITER: "max_iter",
                 NONFINITE: "nonfinite"}
 
@@ -103,7 +112,7 @@ def e_step(family, params, X: Array, *, hard: bool = False) -> tuple[Array, Arra
     """
     log_prob = log_joint(family, params, X)
     if hard:
-        labels = jnp.argmax(log_prob, axis=1)
+        labels = first_argmax(log_prob)
         resp = jax.nn.one_hot(labels, log_prob.shape[1], dtype=log_prob.dtype)
         return resp, jnp.max(log_prob, axis=1)
     log_norm = jax.nn.logsumexp(log_prob, axis=1)
@@ -162,6 +171,10 @@ def _chunked(X, weights, chunk_size):
     return X, weights
 
 
+def _add_statistics(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
 def accumulate(family, params, X, weights, *, hard=False):
     """Statistics and summed log-likelihood over all samples, in blocks if needed.
 
@@ -171,9 +184,11 @@ def accumulate(family, params, X, weights, *, hard=False):
     if X.ndim == 2:
         return _pass(family, params, X, weights, hard)
 
+    combine = getattr(family, "combine_statistics", None) or _add_statistics
+
     def add(carry, block):
         stats, total = _pass(family, params, block[0], block[1], hard)
-        return jax.tree.map(jnp.add, carry[0], stats), carry[1] + total
+        return combine(carry[0], stats), carry[1] + total
 
     first = _pass(family, params, X[0], weights[0], hard)
     out, _ = jax.lax.scan(lambda c, b: (add(c, b), None), first, (X[1:], weights[1:]))
@@ -186,7 +201,9 @@ def _all_finite(tree) -> Array:
 
 
 def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_iter,
-         hard, chunk_size):
+         hard, chunk_size, criterion="objective"):
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     dtype = X.dtype
     n_samples, n_features = X.shape
     n_components = params.weights.shape[0]
@@ -203,6 +220,16 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
         origin = (weights @ X) / total_weight
         X = X - origin
         family, params = translate(params, -origin)
+    if not getattr(family, "additive_statistics", True):
+        # Statistics that are neither sums nor combinable (e.g. medians) need
+        # every sample in one block.
+        if chunk_size is not None and chunk_size < n_samples:
+            raise ValueError(
+                f"{type(family).__name__} needs all samples in one block (its "
+                "statistics are not sums over samples); got chunk_size="
+                f"{chunk_size} < n_samples={n_samples}"
+            )
+        chunk_size = n_samples
     if chunk_size is None:
         chunk_size = default_chunk_size(n_components, n_features)
     if n_samples > chunk_size:
@@ -220,12 +247,19 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
         new_params = keep_zero_weights(family.m_step(stats, state.params), state.params)
         finite = jnp.isfinite(objective) & _all_finite(new_params)
         n_iter = state.n_iter + 1
-        change = objective - state.log_likelihood
+        if criterion == "means":
+            shift = jnp.sum(jnp.square(new_params.means - state.params.means))
+            # Equal means also count: XLA may fuse the M-step's product into
+            # the difference above (one FMA) and leave an ulp of round-off.
+            unchanged = jnp.all(new_params.means == state.params.means)
+            done = (shift <= tol) | unchanged
+        else:
+            done = jnp.abs(objective - state.log_likelihood) < tol
         status = jnp.where(
             ~finite,
             NONFINITE,
             jnp.where(
-                jnp.abs(change) < tol,
+                done,
                 CONVERGED,
                 jnp.where(n_iter >= max_iter, MAX_ITER, RUNNING),
             ),
@@ -263,13 +297,16 @@ def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_i
     )
 
 
-_fit_jit = jax.jit(_fit, static_argnames=("max_iter", "hard", "chunk_size"))
+_fit_jit = jax.jit(
+    _fit, static_argnames=("max_iter", "hard", "chunk_size", "criterion")
+)
 
 
 def fit(family, X: Array, params, *, max_iter: int = 100, tol: float = 1e-3,
         sample_weight: Array | None = None, hard: bool = False,
         chunk_size: int | None = None,
-        initial_log_likelihood: float = -jnp.inf) -> FitResult:
+        initial_log_likelihood: float = -jnp.inf,
+        criterion: str = "objective") -> FitResult:
     r"""Fit a mixture by EM from ``params``, as one compiled ``lax.while_loop``.
 
     Each iteration computes the responsibilities at the current parameters, the
@@ -300,6 +337,11 @@ def fit(family, X: Array, params, *, max_iter: int = 100, tol: float = 1e-3,
       chunk_size: samples per block (static); default from K and D.
       initial_log_likelihood: objective to compare the first iteration against
         (``-inf``; a warm start passes the previous fit's value).
+      criterion: what ``tol`` applies to (static). ``"objective"``: stop when
+        the objective changes by less than ``tol``. ``"means"``: stop when the
+        means move by at most ``tol`` in total, Σ_k ‖Δμ_k‖² ≤ tol (scikit-learn's
+        K-means rule, with ``tol`` already scaled by the data's variance);
+        ``tol=0`` then runs until the assignments stop changing.
 
     Returns:
       A :class:`FitResult`.
@@ -323,4 +365,5 @@ def fit(family, X: Array, params, *, max_iter: int = 100, tol: float = 1e-3,
         max_iter=max_iter,
         hard=hard,
         chunk_size=chunk_size,
+        criterion=criterion,
     )

@@ -1,0 +1,144 @@
+"""Hard-assignment helpers: first maximum per row, farthest points, relocation.
+
+Hard EM (K-means, K-medians) assigns every sample to one component. When a
+component ends an E-step with no samples, scikit-learn's rule re-seeds it at the
+samples farthest from their own centres; the statistics of the hard families
+carry those candidates (:class:`Farthest`) so that the M-step can do it without
+another pass over the data. Candidates from two blocks of samples are merged by
+keeping the farthest, which is how the engine combines these statistics across
+chunks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def first_argmax(values: Array) -> Array:
+    """Index of the first maximum of every row, shape (N,) int32.
+
+    The same as ``jnp.argmax(values, axis=1)`` on finite rows, written as a max
+    and a min-reduction: XLA's CPU backend runs these several times faster
+    than the variadic (value, index) reduction behind ``argmax``.
+    """
+    n_columns = values.shape[-1]
+    best = jnp.max(values, axis=-1, keepdims=True)
+    iota = jnp.arange(n_columns, dtype=jnp.int32)
+    first = jnp.min(jnp.where(values == best, iota, n_columns), axis=-1)
+    return jnp.minimum(first, n_columns - 1)  # rows of NaN: last column
+
+
+class Farthest(NamedTuple):
+    """The M samples farthest from their centres, farthest first.
+
+    Unused slots have distance −inf. Samples of zero weight are never candidates.
+    """
+
+    distances: Array  # (M,)  distance to the sample's own centre, descending
+    points: Array  # (M, D)
+    labels: Array  # (M,)  int32 component the sample was assigned to
+    weights: Array  # (M,)  sample weight
+
+
+def _take_largest(distances: Array, n_taken: int) -> Array:
+    """Indices of the ``n_taken`` largest entries, largest first (first on ties).
+
+    ``n_taken`` rounds of max-and-mask: for the few candidates kept here this is
+    much cheaper on CPU than ``lax.top_k``, which sorts.
+    """
+    n = distances.shape[0]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    picked = []
+    for _ in range(n_taken):
+        best = jnp.max(distances)
+        index = jnp.minimum(jnp.min(jnp.where(distances == best, iota, n)), n - 1)
+        picked.append(index)
+        distances = distances.at[index].set(-jnp.inf)
+    return jnp.stack(picked)
+
+
+def _select(farthest: Farthest, n_kept: int) -> Farthest:
+    n = farthest.distances.shape[0]
+    if n < n_kept:  # fewer samples than slots: pad with unused slots
+        pad = n_kept - n
+        farthest = Farthest(
+            jnp.pad(farthest.distances, (0, pad), constant_values=-jnp.inf),
+            jnp.pad(farthest.points, ((0, pad), (0, 0))),
+            jnp.pad(farthest.labels, (0, pad)),
+            jnp.pad(farthest.weights, (0, pad)),
+        )
+    index = _take_largest(farthest.distances, n_kept)
+    return jax.tree.map(lambda a: a[index], farthest)
+
+
+def farthest(
+    X: Array, distances: Array, resp: Array, weights: Array, n_kept: int
+) -> Farthest:
+    """The ``n_kept`` samples of largest distance (zero-weight samples excluded).
+
+    Args:
+      X: samples, shape (N, D).
+      distances: distance of every sample to its own centre, shape (N,).
+      resp: responsibilities, shape (N, K); a sample's component is its most
+        responsible one (computed for the kept samples only).
+      weights: sample weights, shape (N,).
+      n_kept: M, the number of candidates kept (static).
+    """
+    n_samples = X.shape[0]
+    distances = jnp.where(weights > 0, distances, -jnp.inf)
+    index = _take_largest(distances, min(n_kept, n_samples))
+    kept = Farthest(
+        distances[index], X[index], first_argmax(resp[index]), weights[index]
+    )
+    return _select(kept, n_kept)
+
+
+def merge_farthest(a: Farthest, b: Farthest) -> Farthest:
+    """The farthest candidates of two blocks together (an associative merge)."""
+    both = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+    return _select(both, a.distances.shape[0])
+
+
+def assigned_centers(resp: Array, means: Array) -> tuple[Array, Array]:
+    r"""Each sample's centre under its responsibilities, and its total weight.
+
+    ``m_n = Σ_k r_nk μ_k / Σ_k r_nk``: for hard (one-hot) responsibilities, the
+    centre the sample is assigned to. Rows of zero weight get the first centre.
+    """
+    weights = jnp.sum(resp, axis=1)
+    safe = jnp.where(weights > 0, weights, 1.0)
+    centers = (resp @ means) / safe[:, None]
+    centers = jnp.where((weights > 0)[:, None], centers, means[0])
+    return centers, weights
+
+
+def relocation_slots(counts: Array, farthest: Array) -> tuple[Array, Array]:
+    """Which candidate re-seeds each empty component.
+
+    The i-th empty component (in index order) takes the i-th farthest sample,
+    while candidates last; the others stay where they are until a later
+    iteration has candidates for them.
+
+    Args:
+      counts: total weight per component, shape (K,).
+      farthest: the candidates (M of them).
+
+    Returns:
+      ``(slot, relocated, used)``: the candidate each component would take, shape
+      (K,) (meaningful where relocated); whether it is relocated, (K,) bool; and
+      whether each candidate is used, (M,) bool.
+    """
+    n_kept = farthest.distances.shape[0]
+    empty = counts <= 0
+    slot = jnp.cumsum(empty) - 1
+    available = farthest.distances > -jnp.inf
+    n_available = jnp.sum(available)
+    relocated = empty & (slot < n_available)
+    n_relocated = jnp.sum(relocated)
+    used = jnp.arange(n_kept) < n_relocated
+    return jnp.clip(slot, 0, n_kept - 1), relocated, used

@@ -1,0 +1,179 @@
+r"""Gaussian mixture with a fixed isotropic covariance σ²I: K-means as hard EM.
+
+With every covariance fixed at σ²I (and, for K-means, uniform weights), the
+E-step compares squared distances ‖x_n − μ_k‖² only, and the M-step is the mean
+of each component's samples. Hard EM of this family (``jaxmix.fit(...,
+hard=True)``) is Lloyd's K-means; soft EM tends to it as σ² → 0.
+
+The distances are matrix products, ‖x‖² − 2x·μ + ‖μ‖², taken around the centres'
+mean so that float32 keeps its digits on data far from the origin. Empty
+components are re-seeded at the samples farthest from their centres
+(scikit-learn's rule), so no mean is ever NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxmix.families import _hard
+from jaxmix.families._weights import guarded_counts, update_weights
+from jaxmix.families.gaussian import GaussianParams
+
+Array = jax.Array
+
+
+class IsotropicStats(NamedTuple):
+    """Statistics of (weighted) responsibilities; ``farthest`` for empty components."""
+
+    counts: Array  # (K,)  Σ_n r_nk
+    sums: Array  # (K, D)  Σ_n r_nk x_n
+    farthest: _hard.Farthest  # M samples farthest from their centres
+
+
+def squared_distances(X: Array, means: Array) -> Array:
+    r"""‖x_n − μ_k‖² by matrix products, shape (N, K).
+
+    ``‖x − o‖² − 2 (x − o)·(μ − o) + ‖μ − o‖²`` with ``o`` the centres' mean: the
+    cross term is one (N, D) × (D, K) product, and working around ``o`` keeps
+    the three terms small when the data sit far from zero. Clipped at zero.
+    """
+    origin = jnp.mean(means, axis=0)
+    X = X - origin
+    means = means - origin
+    sq = (
+        jnp.sum(jnp.square(X), axis=1)[:, None]
+        - 2.0 * (X @ means.T)
+        + jnp.sum(jnp.square(means), axis=1)[None, :]
+    )
+    return jnp.maximum(sq, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class IsotropicGaussian:
+    r"""Gaussian mixture whose components all have the fixed covariance σ²I.
+
+    Params are :class:`~jaxmix.families.GaussianParams` with spherical
+    covariances (K,), so they are interchangeable with
+    ``Gaussian("spherical", variance=σ²)``; this family computes the same model
+    with distances by matrix products and re-seeds empty components.
+
+    Args:
+      variance: the fixed variance σ² (traced: changing it does not recompile).
+      uniform_weights: if True (K-means) the weights stay at 1/K (static).
+      n_farthest: how many far samples the statistics keep for re-seeding empty
+        components in one iteration (static); more empty components than this
+        are re-seeded in the following iterations.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxmix
+      >>> from jaxmix.families import GaussianParams, IsotropicGaussian
+      >>> X = jax.random.normal(jax.random.key(0), (300, 2))
+      >>> start = GaussianParams(jnp.full(3, 1 / 3), X[:3], jnp.ones(3))
+      >>> lloyd = jaxmix.fit(IsotropicGaussian(), X, start, hard=True, tol=0.0,
+      ...                    criterion="means")
+      >>> lloyd.params.means.shape
+      (3, 2)
+    """
+
+    variance: Any = 1.0
+    uniform_weights: bool = True
+    n_farthest: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.variance, (int, float)) and not self.variance > 0:
+            raise ValueError(f"variance must be positive, got {self.variance}")
+        if self.n_farthest < 1:
+            raise ValueError(f"n_farthest must be >= 1, got {self.n_farthest}")
+
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Free parameters: the means (and the weights if they are learned)."""
+        count = n_components * n_features
+        if not self.uniform_weights:
+            count += n_components - 1
+        return count
+
+    def log_component_density(self, params: GaussianParams, X: Array) -> Array:
+        r"""log N(x_n | μ_k, σ_k² I) = −‖x_n − μ_k‖² / (2σ_k²) − (D/2) log(2πσ_k²)."""
+        n_features = X.shape[-1]
+        variances = params.covariances
+        sq = squared_distances(X, params.means)
+        return -0.5 * (sq / variances + n_features * jnp.log(2 * math.pi * variances))
+
+    def translate(self, params: GaussianParams, offset: Array):
+        """The same model in coordinates moved by ``offset`` (x ↦ x + offset)."""
+        return self, params._replace(means=params.means + offset)
+
+    def reference(self, X: Array, resp: Array) -> GaussianParams:
+        """Parameters for these responsibilities when there are none yet."""
+        counts = guarded_counts(jnp.sum(resp, axis=0))
+        means = (resp.T @ X) / counts[:, None]
+        return GaussianParams(
+            update_weights(counts, self.uniform_weights),
+            means,
+            self._covariances(means),
+        )
+
+    def _covariances(self, means: Array) -> Array:
+        return jnp.full(means.shape[:1], self.variance, dtype=means.dtype)
+
+    def statistics(
+        self, params: GaussianParams, X: Array, resp: Array
+    ) -> IsotropicStats:
+        """Counts, weighted sums, and the samples farthest from their centres."""
+        counts = jnp.sum(resp, axis=0)
+        sums = resp.T @ X
+        centers, weights = _hard.assigned_centers(resp, params.means)
+        distances = jnp.sum(jnp.square(X - centers), axis=1)
+        far = _hard.farthest(X, distances, resp, weights, self.n_farthest)
+        return IsotropicStats(counts, sums, far)
+
+    def combine_statistics(
+        self, a: IsotropicStats, b: IsotropicStats
+    ) -> IsotropicStats:
+        """Statistics of two blocks of samples together."""
+        return IsotropicStats(
+            a.counts + b.counts,
+            a.sums + b.sums,
+            _hard.merge_farthest(a.farthest, b.farthest),
+        )
+
+    def m_step(self, stats: IsotropicStats, params: GaussianParams) -> GaussianParams:
+        r"""Means of the components' samples, μ_k = Σ_n r_nk x_n / N_k.
+
+        A component with N_k = 0 is re-seeded at the i-th farthest sample (the
+        i-th empty component takes the i-th farthest), and that sample leaves
+        the component it was in, as in scikit-learn's Lloyd iteration. A
+        component left without weight keeps its mean.
+        """
+        far = stats.farthest
+        n_components = stats.counts.shape[0]
+        slot, relocated, used = _hard.relocation_slots(stats.counts, far)
+        moved = jnp.where(used, far.weights, 0.0)
+        counts = stats.counts - jax.ops.segment_sum(moved, far.labels, n_components)
+        sums = stats.sums - jax.ops.segment_sum(
+            moved[:, None] * far.points, far.labels, n_components
+        )
+        # Relative threshold: removing a component's only samples leaves round-off.
+        keep = counts > 16 * jnp.finfo(counts.dtype).eps * stats.counts
+        safe = jnp.where(keep, counts, 1.0)
+        means = jnp.where(keep[:, None], sums / safe[:, None], params.means)
+        means = jnp.where(relocated[:, None], far.points[slot], means)
+        counts = jnp.where(relocated, far.weights[slot], jnp.where(keep, counts, 0.0))
+        weights = update_weights(guarded_counts(counts), self.uniform_weights)
+        return GaussianParams(weights, means, self._covariances(means))
+
+    def log_prior(self, params: GaussianParams) -> Array:
+        """Zero: maximum likelihood."""
+        return jnp.zeros((), params.means.dtype)
+
+
+jax.tree_util.register_dataclass(
+    IsotropicGaussian,
+    data_fields=["variance"],
+    meta_fields=["uniform_weights", "n_farthest"],
+)
