@@ -6,8 +6,8 @@ Every driver here is one compiled program that ``jax.vmap`` batches over fits:
   and keeps the best (highest final objective, never a non-finite one);
 - :func:`fit_many` fits one mixture per data set of a stack (B, N, D), with
   ragged data sets padded by :func:`pad_datasets` and masked through zero sample
-  weights, optionally in slices of ``batch_size`` data sets so that 10^5–10^6
-  small fits run in bounded memory;
+  weights, in slices of ``batch_size`` data sets so that 10^5–10^6 small fits
+  run in bounded memory (and in cache);
 - :func:`select_n_components` fits every number of components from 1 to K_max
   at once, as K_max-component models whose surplus components are masked out,
   and returns a BIC/AIC table and the best model.
@@ -316,6 +316,20 @@ def _take(tree, start, stop, size):
     return jax.tree.map(one, tree)
 
 
+def default_batch_size(
+    n_samples: int, n_components: int, n_features: int, n_init: int = 1
+) -> int:
+    """Data sets per slice so that a slice's N·K·D·R intermediates stay in cache.
+
+    Measured on a 2-core CPU (N=500, D=2, K=3, full, float64): slices of 50–100
+    data sets ran an EM iteration about three times faster per data set than
+    slices of 1,000–2,000, whose (B, N, K, D) intermediates spill out of cache;
+    2^18 elements per slice is about 90 such data sets.
+    """
+    per_set = max(1, n_samples * n_components * n_features * n_init)
+    return max(1, (1 << 18) // per_set)
+
+
 def _in_slices(run, inputs, n_sets, batch_size):
     """``run`` over slices of ``batch_size`` data sets; results concatenated.
 
@@ -379,7 +393,10 @@ def _fit_many(
             )
 
         inputs = (Xs, keys, sample_weight)
-    if batch_size is None or batch_size >= n_sets:
+    if batch_size is None:
+        n_samples, n_features = np.shape(Xs)[1:]
+        batch_size = default_batch_size(n_samples, n_components, n_features, n_init)
+    if batch_size >= n_sets:
         return run(*inputs)
     return _in_slices(run, inputs, n_sets, batch_size)
 
@@ -410,16 +427,19 @@ def fit_many(
 
     Args:
       family: the model family.
-      Xs: data sets, shape (B, N, D) (a NumPy array is transferred slice by slice
-        when ``batch_size`` is set).
+      Xs: data sets, shape (B, N, D) (a NumPy array is transferred slice by
+        slice).
       key: a JAX PRNG key.
       n_components: K (static).
       sample_weight: optional non-negative weights, shape (B, N); zeros mask
         padding. Each data set needs at least K rows of positive weight.
       n_init: restarts per data set (static); the best is kept.
-      batch_size: if set, fit ``batch_size`` data sets at a time (a host loop over
-        slices of one compiled shape), so memory is bounded by the slice, not by
-        B. None fits the whole stack in one program.
+      batch_size: data sets fitted at a time: a host loop over slices of one
+        compiled shape (the last slice padded), so memory is bounded by the
+        slice, not by B, and each slice stops when its own slowest fit stops.
+        None picks :func:`default_batch_size` (cache-sized slices, faster than
+        one program over a large stack); ``batch_size >= B`` fits the whole
+        stack in one program.
       method: initialisation method (static).
       max_iter: maximum EM iterations (static).
       tol: convergence threshold on the change of the objective (traced).
