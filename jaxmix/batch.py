@@ -86,32 +86,48 @@ def _replace_fields(params, overrides):
     return params._replace(**overrides) if overrides else params
 
 
+def _fit_one(family, X, start, tol, sample_weight, max_iter, hard, criterion):
+    return em._fit(
+        family,
+        X,
+        start,
+        tol,
+        sample_weight,
+        -jnp.inf,
+        max_iter=max_iter,
+        hard=hard,
+        chunk_size=None,
+        criterion=criterion,
+    )
+
+
 def _restarts(
-    family, X, keys, tol, sample_weight, overrides, *, n_components, method, max_iter
+    family,
+    X,
+    keys,
+    tol,
+    sample_weight,
+    overrides,
+    *,
+    n_components,
+    method,
+    max_iter,
+    hard=False,
+    criterion="objective",
 ) -> RestartsResult:
     def one(key):
         start = initialization._initialize(
             family, key, X, sample_weight, n_components=n_components, method=method
         )
         start = _replace_fields(start, overrides)
-        return em._fit(
-            family,
-            X,
-            start,
-            tol,
-            sample_weight,
-            -jnp.inf,
-            max_iter=max_iter,
-            hard=False,
-            chunk_size=None,
-        )
+        return _fit_one(family, X, start, tol, sample_weight, max_iter, hard, criterion)
 
     results = jax.vmap(one)(keys)
     best, index = _select_best(results)
     return RestartsResult(best, results, index)
 
 
-_STATIC = ("n_components", "method", "max_iter")
+_STATIC = ("n_components", "method", "max_iter", "hard", "criterion")
 _restarts_jit = jax.jit(_restarts, static_argnames=_STATIC)
 
 
@@ -174,6 +190,8 @@ def fit_restarts(
     max_iter: int = 100,
     tol: float = 1e-3,
     sample_weight: Array | None = None,
+    hard: bool = False,
+    criterion: str = "objective",
 ) -> RestartsResult:
     r"""Initialise and fit ``n_init`` restarts in one vmapped program; keep the best.
 
@@ -196,6 +214,9 @@ def fit_restarts(
       max_iter: maximum EM iterations per restart (static).
       tol: convergence threshold on the change of the objective (traced).
       sample_weight: optional non-negative weights, shape (N,) (traced).
+      hard: hard-assignment EM (static), as in :func:`jaxmix.fit` (K-means,
+        K-medians families).
+      criterion: what ``tol`` applies to (static), as in :func:`jaxmix.fit`.
 
     Returns:
       A :class:`RestartsResult` ``(best, all, best_index)``.
@@ -227,6 +248,8 @@ def fit_restarts(
         n_components=n_components,
         method=method,
         max_iter=max_iter,
+        hard=hard,
+        criterion=criterion,
     )
 
 
@@ -255,6 +278,8 @@ def _many_from_keys(
     n_init,
     method,
     max_iter,
+    hard=False,
+    criterion="objective",
 ) -> BatchResult:
     del n_init  # the shape of ``keys`` (B, R) carries it; static for the trace count
 
@@ -269,6 +294,8 @@ def _many_from_keys(
             n_components=n_components,
             method=method,
             max_iter=max_iter,
+            hard=hard,
+            criterion=criterion,
         )
         return _to_batch_result(result.best)
 
@@ -278,26 +305,28 @@ def _many_from_keys(
 _many_from_keys_jit = jax.jit(_many_from_keys, static_argnames=(*_STATIC, "n_init"))
 
 
-def _many_from_params(family, Xs, params, tol, sample_weight, *, max_iter):
+def _many_from_params(
+    family,
+    Xs,
+    params,
+    tol,
+    sample_weight,
+    *,
+    max_iter,
+    hard=False,
+    criterion="objective",
+):
     def one(X, start, weights):
         return _to_batch_result(
-            em._fit(
-                family,
-                X,
-                start,
-                tol,
-                weights,
-                -jnp.inf,
-                max_iter=max_iter,
-                hard=False,
-                chunk_size=None,
-            )
+            _fit_one(family, X, start, tol, weights, max_iter, hard, criterion)
         )
 
     return jax.vmap(one)(Xs, params, sample_weight)
 
 
-_many_from_params_jit = jax.jit(_many_from_params, static_argnames=("max_iter",))
+_many_from_params_jit = jax.jit(
+    _many_from_params, static_argnames=("max_iter", "hard", "criterion")
+)
 
 
 def _take(tree, start, stop, size):
@@ -364,15 +393,16 @@ def _fit_many(
     tol=1e-3,
     params=None,
     overrides=None,
+    hard=False,
+    criterion="objective",
 ) -> BatchResult:
     """:func:`fit_many` with per-data-set keys (B,) and optional field overrides."""
+    loop = dict(max_iter=max_iter, hard=hard, criterion=criterion)
     n_sets = np.shape(Xs)[0]
     if params is not None:
 
         def run(Xs, params, sample_weight):
-            return _many_from_params_jit(
-                family, Xs, params, tol, sample_weight, max_iter=max_iter
-            )
+            return _many_from_params_jit(family, Xs, params, tol, sample_weight, **loop)
 
         inputs = (Xs, params, sample_weight)
     else:
@@ -389,7 +419,7 @@ def _fit_many(
                 n_components=n_components,
                 n_init=n_init,
                 method=method,
-                max_iter=max_iter,
+                **loop,
             )
 
         inputs = (Xs, keys, sample_weight)
@@ -414,6 +444,8 @@ def fit_many(
     max_iter: int = 100,
     tol: float = 1e-3,
     params=None,
+    hard: bool = False,
+    criterion: str = "objective",
 ) -> BatchResult:
     r"""Fit one mixture per data set of a stack, all at once.
 
@@ -445,6 +477,8 @@ def fit_many(
       tol: convergence threshold on the change of the objective (traced).
       params: optional starting params with a leading B axis; then no
         initialisation is run (``key`` is unused and ``n_init`` must be 1).
+      hard: hard-assignment EM (static), as in :func:`jaxmix.fit`.
+      criterion: what ``tol`` applies to (static), as in :func:`jaxmix.fit`.
 
     Returns:
       A :class:`BatchResult`: params, log_likelihood, n_iter, converged and status,
@@ -496,6 +530,8 @@ def fit_many(
         max_iter=max_iter,
         tol=tol,
         params=params,
+        hard=hard,
+        criterion=criterion,
     )
 
 

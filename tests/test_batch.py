@@ -546,3 +546,30 @@ def test_bernoulli_family_batches_too():
         np.testing.assert_allclose(
             result.log_likelihood[b], single.log_likelihood, rtol=1e-10
         )
+
+
+def test_laplace_hard_em_batches_with_padding():
+    """K-medians (hard EM of a Laplace family) on padded ragged data sets."""
+    from jaxmix.families import laplace
+
+    rng = np.random.default_rng(6)
+    datasets = [
+        rng.laplace(size=(n, D)) + 4.0 * rng.integers(3, size=(n, 1))
+        for n in (30, 40, 30, 40)
+    ]
+    Xs, weights = batch.pad_datasets(datasets)
+    starts = laplace.LaplaceParams(
+        np.full((4, 3), 1 / 3), np.stack([X[:3] for X in datasets]), np.ones((4, 3))
+    )
+    family = laplace.Laplace()
+    loop = dict(hard=True, tol=0.0, criterion="means", max_iter=20)
+    result = batch.fit_many(
+        family, Xs, jax.random.key(0), 3, sample_weight=weights, params=starts, **loop
+    )
+    for b, X in enumerate(datasets):
+        start = jax.tree.map(lambda leaf, b=b: leaf[b], starts)
+        single = jaxmix.fit(family, X, start, **loop)
+        np.testing.assert_allclose(
+            result.params.means[b], single.params.means, rtol=1e-10
+        )
+        assert int(result.n_iter[b]) == int(single.n_iter)
