@@ -6,8 +6,9 @@ import numbers
 
 import numpy as np
 
+from jaxmix import mixture
 from jaxmix._mixture_base import MixtureEstimator
-from jaxmix._validation import check_random_state
+from jaxmix._validation import check_random_state, precision
 from jaxmix.families.bernoulli import Bernoulli, BernoulliParams
 
 
@@ -243,6 +244,24 @@ class BernoulliMixture(MixtureEstimator):
 
     def _fitted_params(self) -> BernoulliParams:
         return BernoulliParams(self.weights_, self.means_)
+
+    def mean(self) -> np.ndarray:
+        r"""Mean of the fitted mixture, :math:`E[x] = Σ_k π_k θ_k`, shape (D,)."""
+        self._check_is_fitted("converged_")
+        with precision(self.means_.dtype):
+            return np.asarray(mixture.bernoulli_mean(self.weights_, self.means_))
+
+    def covariance(self) -> np.ndarray:
+        r"""Covariance of the fitted mixture, shape (D, D).
+
+        :math:`Σ_k π_k (\operatorname{diag}(θ_k(1 − θ_k)) + θ_k θ_kᵀ) − E[x]E[x]ᵀ`,
+        computed in centred form.
+        """
+        self._check_is_fitted("converged_")
+        with precision(self.means_.dtype):
+            return np.asarray(
+                mixture.bernoulli_covariance(self.weights_, self.means_)
+            )
 
     def sample(self, n_samples=1):
         """Draw binary samples from the fitted mixture.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxmix import mixture
 from jaxmix._mixture_base import MixtureEstimator
 from jaxmix._validation import check_option, check_random_state, check_real, precision
 from jaxmix.families import _covariance
@@ -332,6 +335,50 @@ class GaussianMixture(MixtureEstimator):
 
     def _fitted_params(self) -> GaussianParams:
         return GaussianParams(self.weights_, self.means_, self.covariances_)
+
+    def _fitted_jax(self):
+        return jax.tree.map(jnp.asarray, self._fitted_params())
+
+    def mean(self) -> np.ndarray:
+        r"""Mean of the fitted mixture, :math:`E[x] = Σ_k π_k μ_k`, shape (D,)."""
+        self._check_is_fitted("converged_")
+        with precision(self.means_.dtype):
+            return np.asarray(mixture.mean(self._fitted_jax()))
+
+    def covariance(self) -> np.ndarray:
+        r"""Covariance of the fitted mixture, shape (D, D).
+
+        :math:`Cov[x] = Σ_k π_k (Σ_k + μ_k μ_kᵀ) − E[x]E[x]ᵀ`, computed in the
+        centred form :math:`Σ_k π_k Σ_k + Σ_k π_k (μ_k − E[x])(μ_k − E[x])ᵀ`.
+        """
+        self._check_is_fitted("converged_")
+        with precision(self.means_.dtype):
+            return np.asarray(
+                mixture.covariance(self._fitted_jax(), self.covariance_type)
+            )
+
+    def impute(self, X) -> np.ndarray:
+        """Fill the NaN entries of X with their conditional mean under the model.
+
+        Each row's missing features get E[x_missing | x_observed], the mean of
+        the conditional mixture (weights re-weighted by how well each component
+        explains the observed features); a row with nothing observed gets the
+        mixture mean.
+
+        Args:
+          X: data (N, D), NaN marking missing values.
+
+        Returns:
+          A copy of X without NaN.
+        """
+        self._check_is_fitted("converged_")
+        X = np.asarray(X, dtype=self.means_.dtype)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X must have shape (N, {self.n_features_in_}), got {X.shape}"
+            )
+        with precision(self.means_.dtype):
+            return mixture.impute(self._fitted_jax(), self.covariance_type, X)
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture.

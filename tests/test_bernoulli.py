@@ -379,3 +379,12 @@ def test_impossible_samples_are_reported_not_nan():
         model.predict_proba(odd)
     with pytest.raises(ValueError, match="rows \\[0\\]"):
         model.predict(odd)
+
+
+def test_fitted_mixture_mean_is_the_data_mean():
+    # Identity of the ML M-step: Σ_k π_k θ_k is the sample mean.
+    X = (np.random.default_rng(3).random((80, 5)) < 0.3).astype(float)
+    model = BernoulliMixture(3, max_iter=7, tol=0.0, random_state=0).fit(X)
+    np.testing.assert_allclose(model.mean(), X.mean(axis=0), rtol=1e-12)
+    cov = model.covariance()
+    np.testing.assert_allclose(np.diag(cov), X.mean(0) * (1 - X.mean(0)), rtol=1e-12)

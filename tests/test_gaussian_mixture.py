@@ -340,3 +340,32 @@ def test_methods_before_fit_and_wrong_feature_count():
     model.fit(X_OK)
     with pytest.raises(ValueError, match="3 features"):
         model.predict(np.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_moments_of_a_fit_equal_the_data_moments(covariance_type):
+    # Identity of the ML M-step: after it, Σ π_k μ_k is the sample mean and the
+    # mixture covariance is the (biased) sample covariance plus reg_covar·I.
+    X = DATA["wine"][:, :4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GaussianMixture(3, covariance_type=covariance_type, max_iter=5,
+                                reg_covar=1e-4, random_state=0).fit(X)
+    np.testing.assert_allclose(model.mean(), X.mean(axis=0), rtol=1e-12)
+    expected = np.cov(X.T, bias=True) + 1e-4 * np.eye(4)
+    np.testing.assert_allclose(model.covariance(), expected, rtol=1e-10)
+
+
+def test_impute_fills_missing_entries_with_conditional_means():
+    # One component: the conditional mean is the textbook regression formula.
+    X = DATA["iris"][:, :3]
+    model = GaussianMixture(1).fit(X)
+    mu, sigma = model.means_[0], model.covariances_[0]
+    row = X[:2].copy()
+    row[0, 2] = np.nan
+    row[1, :] = np.nan
+    filled = model.impute(row)
+    expected = mu[2] + sigma[2, :2] @ np.linalg.solve(sigma[:2, :2], row[0, :2] - mu[:2])
+    assert filled[0, 2] == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_array_equal(filled[0, :2], X[0, :2])
+    np.testing.assert_allclose(filled[1], model.mean(), rtol=1e-12)
