@@ -184,14 +184,28 @@ def accumulate(family, params, X, weights, *, hard=False):
     if X.ndim == 2:
         return _pass(family, params, X, weights, hard)
 
-    combine = getattr(family, "combine_statistics", None) or _add_statistics
+    combine = getattr(family, "combine_statistics", None)
 
     def add(carry, block):
         stats, total = _pass(family, params, block[0], block[1], hard)
-        return combine(carry[0], stats), carry[1] + total
+        return (combine or _add_statistics)(carry[0], stats), carry[1] + total
 
-    first = _pass(family, params, X[0], weights[0], hard)
-    out, _ = jax.lax.scan(lambda c, b: (add(c, b), None), first, (X[1:], weights[1:]))
+    if combine is None:
+        # Sums start from zero, so the block computation is traced once: a
+        # peeled first block would duplicate it (twice the compile time) and,
+        # once XLA hoists the loop-invariant Cholesky factors out of the scan,
+        # leave two independent batched LAPACK calls that the CPU runtime may
+        # run at once; each waits on the intra-op pool for its batch, which
+        # deadlocks when the pool has two threads.
+        start = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(lambda: _pass(family, params, X[0], weights[0], hard)),
+        )
+        blocks = (X, weights)
+    else:
+        start = _pass(family, params, X[0], weights[0], hard)
+        blocks = (X[1:], weights[1:])
+    out, _ = jax.lax.scan(lambda c, b: (add(c, b), None), start, blocks)
     return out
 
 
