@@ -16,8 +16,11 @@ chunks' statistics are added up (and XLA adds them across devices).
 
 Optional: ``combine_statistics(a, b)`` replaces the addition of two chunks'
 statistics (the hard families also keep their farthest samples, merged by
-distance), and ``additive_statistics = False`` says the statistics need all
-samples at once (medians), so the data is never split into chunks.
+distance); ``additive_statistics = False`` says the statistics need all
+samples at once (medians), so the data is never split into chunks; and
+``hard_statistics(params, X, labels, weights)``, used in hard mode, must equal
+``statistics(params, X, one_hot(labels) * weights)`` without forming the (N, K)
+one-hot matrix (K-means: segment sums instead of a matrix product).
 
 Static arguments (changing them recompiles): the family's structure (for the
 Gaussian family ``covariance_type`` and ``uniform_weights``), ``max_iter`` (it sizes
@@ -143,6 +146,13 @@ def m_step(family, X: Array, resp: Array, sample_weight: Array | None = None,
 
 def _pass(family, params, X, weights, hard):
     """One E-step over a block of samples and its weighted statistics."""
+    hard_statistics = getattr(family, "hard_statistics", None) if hard else None
+    if hard_statistics is not None:
+        # One-hot responsibilities given as labels: no (N, K) matrix to form.
+        log_prob = log_joint(family, params, X)
+        labels = first_argmax(log_prob)
+        stats = hard_statistics(params, X, labels, weights)
+        return stats, jnp.sum(weights * jnp.max(log_prob, axis=1))
     resp, log_norm = e_step(family, params, X, hard=hard)
     resp = resp * weights[:, None]
     stats = family.statistics(params, X, resp)

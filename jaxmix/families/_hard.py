@@ -23,14 +23,19 @@ def first_argmax(values: Array) -> Array:
     """Index of the first maximum of every row, shape (N,) int32.
 
     The same as ``jnp.argmax(values, axis=1)`` on finite rows, written as a max
-    and a min-reduction: XLA's CPU backend runs these several times faster
-    than the variadic (value, index) reduction behind ``argmax``.
+    and a min-reduction over the column indices stored as floats: XLA's CPU
+    backend runs these several times faster than the variadic (value, index)
+    reduction behind ``argmax`` (and the float minimum faster than the integer
+    one).
     """
     n_columns = values.shape[-1]
+    dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else None
+    if dtype is None or n_columns > 2 ** jnp.finfo(dtype).nmant:
+        dtype = jnp.int32  # indices not exact as floats: integer reduction
     best = jnp.max(values, axis=-1, keepdims=True)
-    iota = jnp.arange(n_columns, dtype=jnp.int32)
+    iota = jnp.arange(n_columns, dtype=dtype)
     first = jnp.min(jnp.where(values == best, iota, n_columns), axis=-1)
-    return jnp.minimum(first, n_columns - 1)  # rows of NaN: last column
+    return jnp.minimum(first, n_columns - 1).astype(jnp.int32)  # NaN rows: last
 
 
 class Farthest(NamedTuple):
@@ -46,46 +51,19 @@ class Farthest(NamedTuple):
 
 
 def _take_largest(distances: Array, n_taken: int) -> Array:
-    """Indices of the ``n_taken`` largest entries, largest first (first on ties).
-
-    ``n_taken`` rounds of max-and-mask: for the few candidates kept here this is
-    much cheaper on CPU than ``lax.top_k``, which sorts.
-    """
-    n = distances.shape[0]
-    iota = jnp.arange(n, dtype=jnp.int32)
-    picked = []
-    for _ in range(n_taken):
-        best = jnp.max(distances)
-        index = jnp.minimum(jnp.min(jnp.where(distances == best, iota, n)), n - 1)
-        picked.append(index)
-        distances = distances.at[index].set(-jnp.inf)
-    return jnp.stack(picked)
-
-
-def _select(farthest: Farthest, n_kept: int) -> Farthest:
-    n = farthest.distances.shape[0]
-    if n < n_kept:  # fewer samples than slots: pad with unused slots
-        pad = n_kept - n
-        farthest = Farthest(
-            jnp.pad(farthest.distances, (0, pad), constant_values=-jnp.inf),
-            jnp.pad(farthest.points, ((0, pad), (0, 0))),
-            jnp.pad(farthest.labels, (0, pad)),
-            jnp.pad(farthest.weights, (0, pad)),
-        )
-    index = _take_largest(farthest.distances, n_kept)
-    return jax.tree.map(lambda a: a[index], farthest)
+    """Indices of the ``n_taken`` largest entries, largest first (first on ties)."""
+    return jax.lax.top_k(distances, n_taken)[1]
 
 
 def farthest(
-    X: Array, distances: Array, resp: Array, weights: Array, n_kept: int
+    X: Array, distances: Array, labels: Array, weights: Array, n_kept: int
 ) -> Farthest:
     """The ``n_kept`` samples of largest distance (zero-weight samples excluded).
 
     Args:
       X: samples, shape (N, D).
       distances: distance of every sample to its own centre, shape (N,).
-      resp: responsibilities, shape (N, K); a sample's component is its most
-        responsible one (computed for the kept samples only).
+      labels: the component of every sample, shape (N,).
       weights: sample weights, shape (N,).
       n_kept: M, the number of candidates kept (static).
     """
@@ -93,15 +71,24 @@ def farthest(
     distances = jnp.where(weights > 0, distances, -jnp.inf)
     index = _take_largest(distances, min(n_kept, n_samples))
     kept = Farthest(
-        distances[index], X[index], first_argmax(resp[index]), weights[index]
+        distances[index], X[index], labels[index].astype(jnp.int32), weights[index]
     )
-    return _select(kept, n_kept)
+    pad = n_kept - kept.distances.shape[0]
+    if pad:  # fewer samples than slots: the extra slots are unused
+        kept = Farthest(
+            jnp.pad(kept.distances, (0, pad), constant_values=-jnp.inf),
+            jnp.pad(kept.points, ((0, pad), (0, 0))),
+            jnp.pad(kept.labels, (0, pad)),
+            jnp.pad(kept.weights, (0, pad)),
+        )
+    return kept
 
 
 def merge_farthest(a: Farthest, b: Farthest) -> Farthest:
     """The farthest candidates of two blocks together (an associative merge)."""
     both = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
-    return _select(both, a.distances.shape[0])
+    index = _take_largest(both.distances, a.distances.shape[0])
+    return jax.tree.map(lambda x: x[index], both)
 
 
 def assigned_centers(resp: Array, means: Array) -> tuple[Array, Array]:

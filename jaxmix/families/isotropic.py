@@ -98,11 +98,26 @@ class IsotropicGaussian:
         return count
 
     def log_component_density(self, params: GaussianParams, X: Array) -> Array:
-        r"""log N(x_n | μ_k, σ_k² I) = −‖x_n − μ_k‖² / (2σ_k²) − (D/2) log(2πσ_k²)."""
+        r"""log N(x_n | μ_k, σ_k² I) = −‖x_n − μ_k‖² / (2σ_k²) − (D/2) log(2πσ_k²).
+
+        Expanded around the centres' mean o as one matrix product plus a
+        per-component and a per-sample term:
+        (x − o)·(μ_k − o)/σ_k² − ‖μ_k − o‖²/(2σ_k²) − (D/2) log(2πσ_k²)
+        − ‖x − o‖²/(2σ_k²).
+        """
         n_features = X.shape[-1]
         variances = params.covariances
-        sq = squared_distances(X, params.means)
-        return -0.5 * (sq / variances + n_features * jnp.log(2 * math.pi * variances))
+        origin = jnp.mean(params.means, axis=0)
+        X = X - origin
+        means = params.means - origin
+        precision = 1.0 / variances
+        cross = X @ (means * precision[:, None]).T  # (N, K)
+        per_component = -0.5 * (
+            jnp.sum(jnp.square(means), axis=1) * precision
+            + n_features * jnp.log(2 * math.pi * variances)
+        )
+        per_sample = jnp.sum(jnp.square(X), axis=1)
+        return cross + per_component - 0.5 * per_sample[:, None] * precision
 
     def translate(self, params: GaussianParams, offset: Array):
         """The same model in coordinates moved by ``offset`` (x ↦ x + offset)."""
@@ -124,12 +139,28 @@ class IsotropicGaussian:
     def statistics(
         self, params: GaussianParams, X: Array, resp: Array
     ) -> IsotropicStats:
-        """Counts, weighted sums, and the samples farthest from their centres."""
+        """Counts, weighted sums, and the samples farthest from their centres.
+
+        A sample's centre is Σ_k r_nk μ_k / Σ_k r_nk (for hard responsibilities
+        the one it is assigned to) and its component the most responsible one.
+        """
         counts = jnp.sum(resp, axis=0)
         sums = resp.T @ X
         centers, weights = _hard.assigned_centers(resp, params.means)
         distances = jnp.sum(jnp.square(X - centers), axis=1)
-        far = _hard.farthest(X, distances, resp, weights, self.n_farthest)
+        labels = _hard.first_argmax(resp)
+        far = _hard.farthest(X, distances, labels, weights, self.n_farthest)
+        return IsotropicStats(counts, sums, far)
+
+    def hard_statistics(
+        self, params: GaussianParams, X: Array, labels: Array, weights: Array
+    ) -> IsotropicStats:
+        """``statistics`` of one-hot responsibilities, by segment sums over labels."""
+        n_components = params.means.shape[0]
+        counts = jax.ops.segment_sum(weights, labels, n_components)
+        sums = jax.ops.segment_sum(X * weights[:, None], labels, n_components)
+        distances = jnp.sum(jnp.square(X - params.means[labels]), axis=1)
+        far = _hard.farthest(X, distances, labels, weights, self.n_farthest)
         return IsotropicStats(counts, sums, far)
 
     def combine_statistics(

@@ -180,23 +180,31 @@ class Laplace:
         )
 
     def statistics(self, params: LaplaceParams, X: Array, resp: Array) -> LaplaceStats:
-        """Counts, weighted medians and far samples of hard responsibilities."""
-        n_components = resp.shape[1]
+        """Counts, weighted medians and far samples of hard responsibilities.
+
+        ``hard`` records whether every row of ``resp`` was one-hot (times its
+        sample weight); the M-step returns NaN otherwise.
+        """
+        weights = jnp.sum(resp, axis=1)
+        stats = self.hard_statistics(params, X, _hard.first_argmax(resp), weights)
+        return stats._replace(hard=jnp.all(jnp.max(resp, axis=1) == weights))
+
+    def hard_statistics(
+        self, params: LaplaceParams, X: Array, labels: Array, weights: Array
+    ) -> LaplaceStats:
+        """``statistics`` of one-hot responsibilities given as labels and weights."""
+        n_components = params.means.shape[0]
         if self.order is not None and self.order.shape != X.shape:
             raise ValueError(
                 f"order has shape {self.order.shape} but the data has shape "
                 f"{X.shape}: build it with sort_order(X) for the data being fitted"
             )
         order = sort_order(X) if self.order is None else self.order
-        weights = jnp.sum(resp, axis=1)
-        hard = jnp.all(jnp.max(resp, axis=1) == weights)
-        labels = _hard.first_argmax(resp)
-        counts = jnp.sum(resp, axis=0)
+        counts = jax.ops.segment_sum(weights, labels, n_components)
         medians = weighted_medians(X, order, labels, weights, n_components)
-        centers, _ = _hard.assigned_centers(resp, params.means)
-        distances = jnp.sum(jnp.abs(X - centers), axis=1)
-        far = _hard.farthest(X, distances, resp, weights, self.n_farthest)
-        return LaplaceStats(counts, medians, far, hard)
+        distances = jnp.sum(jnp.abs(X - params.means[labels]), axis=1)
+        far = _hard.farthest(X, distances, labels, weights, self.n_farthest)
+        return LaplaceStats(counts, medians, far, jnp.asarray(True))
 
     def m_step(self, stats: LaplaceStats, params: LaplaceParams) -> LaplaceParams:
         r"""Locations μ_k = weighted coordinate-wise median of component k's samples.
