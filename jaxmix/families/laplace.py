@@ -143,6 +143,9 @@ class Laplace:
     n_farthest: int = 8
 
     # Medians are not sums over samples: the engine keeps the data in one block.
+    # No ``translate``: a median is one of the samples, exactly, in any
+    # coordinates, and L1 distances are direct differences; moving the data to
+    # its mean and back would only add round-off to the centres.
     additive_statistics = False
 
     def __post_init__(self):
@@ -163,10 +166,6 @@ class Laplace:
         n_features = X.shape[-1]
         l1 = jnp.sum(jnp.abs(X[:, None, :] - params.means[None]), axis=-1)
         return -l1 / params.scales - n_features * jnp.log(2 * params.scales)
-
-    def translate(self, params: LaplaceParams, offset: Array):
-        """The same model in coordinates moved by ``offset`` (x ↦ x + offset)."""
-        return self, params._replace(means=params.means + offset)
 
     def _scales(self, means: Array) -> Array:
         return jnp.full(means.shape[:1], self.scale, dtype=means.dtype)

@@ -1,0 +1,431 @@
+r"""``KMeans`` and ``KMedians``: hard EM of the engine, with scikit-learn's interface.
+
+Lloyd's K-means is hard EM of a Gaussian mixture with a fixed covariance σ²I
+and uniform weights (:class:`~jaxmix.families.isotropic.IsotropicGaussian`):
+one-hot responsibilities on the nearest centre, then the mean of each cluster.
+K-medians is hard EM of a Laplace mixture with a fixed scale
+(:class:`~jaxmix.families.laplace.Laplace`): nearest centre in L1, then the
+coordinate-wise median. Both run in :func:`jaxmix.em.fit` with ``hard=True``
+and scikit-learn's stopping rule (``criterion="means"``); the ``n_init``
+restarts, their seeding and the final assignment are one vmapped compiled
+program.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmix import em
+from jaxmix._validation import (
+    ConvergenceWarning,
+    ParamsMixin,
+    check_array,
+    check_int,
+    check_real,
+    check_sample_weight,
+    jax_key,
+    precision,
+)
+from jaxmix.families import _hard
+from jaxmix.families.gaussian import GaussianParams
+from jaxmix.families.isotropic import IsotropicGaussian, squared_distances
+from jaxmix.families.laplace import Laplace, LaplaceParams
+from jaxmix.initialization import kmeans_plusplus
+
+INIT_METHODS = ("k-means++", "random")
+
+
+def _start(family, centers):
+    """The family's params with these centres, uniform weights and unit scale."""
+    n_clusters = centers.shape[0]
+    weights = jnp.full((n_clusters,), 1.0 / n_clusters, centers.dtype)
+    ones = jnp.ones((n_clusters,), centers.dtype)
+    if isinstance(family, Laplace):
+        return LaplaceParams(weights, centers, ones)
+    return GaussianParams(weights, centers, ones)
+
+
+def _distances(family, X, centers):
+    """The cost of every sample at every centre, shape (N, K).
+
+    Squared Euclidean (by matrix products) for K-means, L1 for K-medians.
+    """
+    if isinstance(family, Laplace):
+        return jnp.sum(jnp.abs(X[:, None, :] - centers[None]), axis=-1)
+    return squared_distances(X, centers)
+
+
+def _blocks(function, X, n_clusters):
+    """``function`` applied to blocks of rows of X, results concatenated."""
+    n_samples, n_features = X.shape
+    block = min(n_samples, em.default_chunk_size(n_clusters, n_features))
+    n_blocks = -(-n_samples // block)
+    padded = jnp.pad(X, ((0, n_blocks * block - n_samples), (0, 0)))
+    out = jax.lax.map(function, padded.reshape(n_blocks, block, n_features))
+    return jax.tree.map(
+        lambda a: a.reshape(n_blocks * block, *a.shape[2:])[:n_samples], out
+    )
+
+
+def _assign(family, X, centers, weights):
+    """Nearest centre of every sample (first on ties) and the weighted total cost."""
+    n_clusters = centers.shape[0]
+
+    def nearest(rows):
+        labels = _hard.first_argmax(-_distances(family, rows, centers))
+        # The cost itself from direct differences: exact for the inertia.
+        diff = rows - centers[labels]
+        if isinstance(family, Laplace):
+            return labels, jnp.sum(jnp.abs(diff), axis=1)
+        return labels, jnp.sum(jnp.square(diff), axis=1)
+
+    labels, costs = _blocks(nearest, X, n_clusters)
+    total = jnp.sum(costs) if weights is None else weights @ costs
+    return labels, total
+
+
+def _seed(key, X, weights, *, n_clusters, init):
+    if init == "k-means++":
+        centers, _ = kmeans_plusplus(key, X, n_clusters, weights)
+        return centers
+    probabilities = None if weights is None else weights / jnp.sum(weights)
+    index = jax.random.choice(
+        key, X.shape[0], (n_clusters,), replace=False, p=probabilities
+    )
+    return X[index]
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "init", "max_iter"))
+def _fit_restarts(
+    family, X, weights, keys, centers, tol, *, n_clusters, init, max_iter
+):
+    """All restarts at once: seed, hard EM, final assignment (vmapped over keys)."""
+
+    def one(key):
+        start = (
+            centers
+            if init is None
+            else _seed(key, X, weights, n_clusters=n_clusters, init=init)
+        )
+        result = em._fit(
+            family,
+            X,
+            _start(family, start),
+            tol,
+            weights,
+            -jnp.inf,
+            max_iter=max_iter,
+            hard=True,
+            chunk_size=None,
+            criterion="means",
+        )
+        labels, inertia = _assign(family, X, result.params.means, weights)
+        return result.params.means, labels, inertia, result.n_iter, result.status
+
+    return jax.vmap(one)(keys)
+
+
+@jax.jit
+def _predict(family, X, centers):
+    return _assign(family, X, centers, None)[0]
+
+
+@jax.jit
+def _score(family, X, centers, weights):
+    return _assign(family, X, centers, weights)[1]
+
+
+@jax.jit
+def _transform(family, X, centers):
+    distances = _blocks(
+        lambda rows: _distances(family, rows, centers), X, centers.shape[0]
+    )
+    if isinstance(family, Laplace):
+        return distances
+    return jnp.sqrt(distances)
+
+
+class _HardClustering(ParamsMixin):
+    """What KMeans and KMedians share (not for direct use)."""
+
+    _cost = ""
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init=1,
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def _family(self, X: np.ndarray):
+        raise NotImplementedError
+
+    # -- validation --------------------------------------------------------------
+    def _check_init(self, X: np.ndarray):
+        """None and the method, or the user's centres and None."""
+        if isinstance(self.init, str):
+            if self.init not in INIT_METHODS:
+                raise ValueError(
+                    f"init must be one of {INIT_METHODS} or an array of shape "
+                    f"(n_clusters, n_features), got {self.init!r}"
+                )
+            return None, self.init
+        try:
+            centers = np.asarray(self.init, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"init must be one of {INIT_METHODS} or an array of centres: {error}"
+            ) from None
+        if centers.shape != (self.n_clusters, X.shape[1]):
+            raise ValueError(
+                f"The shape of the initial centers {centers.shape} does not match "
+                f"(n_clusters, n_features) = ({self.n_clusters}, {X.shape[1]})"
+            )
+        if not np.all(np.isfinite(centers)):
+            raise ValueError("init contains NaN or infinity")
+        return centers.astype(X.dtype), None
+
+    def _validate(self, X, sample_weight):
+        X = check_array(X)
+        check_int(self.n_clusters, "n_clusters", 1)
+        check_int(self.n_init, "n_init", 1)
+        check_int(self.max_iter, "max_iter", 1)
+        check_real(self.tol, "tol", 0.0)
+        if X.shape[0] < self.n_clusters:
+            raise ValueError(
+                f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}."
+            )
+        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        if weights is not None and np.count_nonzero(weights) < self.n_clusters:
+            raise ValueError(
+                f"sample_weight has {np.count_nonzero(weights)} positive entries, "
+                f"fewer than n_clusters={self.n_clusters}"
+            )
+        return X, weights
+
+    def _check_fitted_input(self, X) -> np.ndarray:
+        self._check_is_fitted("cluster_centers_")
+        X = check_array(
+            X, n_features=self.n_features_in_, estimator=type(self).__name__
+        )
+        return X.astype(self.cluster_centers_.dtype, copy=False)
+
+    # -- fitting -----------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Cluster X (``n_init`` restarts at once; the lowest inertia is kept).
+
+        Args:
+          X: data, shape (N, D). float32 stays float32, everything else float64.
+          y: ignored.
+          sample_weight: optional non-negative weights, shape (N,).
+
+        Returns:
+          self.
+        """
+        del y
+        X, weights = self._validate(X, sample_weight)
+        centers, init = self._check_init(X)
+        n_init = self.n_init
+        if centers is not None and n_init != 1:
+            warnings.warn(
+                "Explicit initial center position passed: performing only one init "
+                f"in {type(self).__name__} instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            n_init = 1
+        # scikit-learn's tolerance: relative to the mean variance of the features.
+        tol = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * self.tol
+        keys = jax.random.split(jax_key(self.random_state), n_init)
+        with precision(X.dtype):
+            family = self._family(X)
+            data = jnp.asarray(X)
+            results = _fit_restarts(
+                family,
+                data,
+                None if weights is None else jnp.asarray(weights),
+                keys,
+                None if centers is None else jnp.asarray(centers),
+                jnp.asarray(tol, X.dtype),
+                n_clusters=self.n_clusters,
+                init=init,
+                max_iter=self.max_iter,
+            )
+            means, labels, inertia, n_iter, status = jax.device_get(results)
+        best = int(np.argmin(inertia))
+        self.cluster_centers_ = np.asarray(means[best], dtype=X.dtype)
+        self.labels_ = np.asarray(labels[best], dtype=np.int32)
+        self.inertia_ = float(inertia[best])
+        self.n_iter_ = int(n_iter[best])
+        self.n_features_in_ = X.shape[1]
+        self._converged = bool(status[best] == em.CONVERGED)
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """Fit, then return the cluster of every training sample."""
+        return self.fit(X, y, sample_weight).labels_
+
+    def fit_transform(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """Fit, then return the distances of the training samples to the centres."""
+        return self.fit(X, y, sample_weight).transform(X)
+
+    # -- using a fitted model ----------------------------------------------------
+    def _run(self, function, X, *args):
+        X = self._check_fitted_input(X)
+        with precision(X.dtype):
+            family = self._family(None)
+            out = function(
+                family, jnp.asarray(X), jnp.asarray(self.cluster_centers_), *args
+            )
+            return np.asarray(out)
+
+    def predict(self, X) -> np.ndarray:
+        """The nearest centre of every sample (the first on ties), shape (N,)."""
+        return self._run(_predict, X).astype(np.int32)
+
+    def transform(self, X) -> np.ndarray:
+        """Distances of every sample to every centre, shape (N, K)."""
+        return self._run(_transform, X)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Opposite of the objective on X (minus the inertia)."""
+        del y
+        X = self._check_fitted_input(X)
+        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        if weights is None:
+            weights = np.ones(X.shape[0], X.dtype)
+        return -float(self._run(_score, X, jnp.asarray(weights)))
+
+
+class KMeans(_HardClustering):
+    r"""K-means clustering (Lloyd's algorithm) with scikit-learn's interface.
+
+    Lloyd's algorithm is hard EM of a Gaussian mixture with a fixed covariance
+    σ²I and uniform weights: every iteration assigns each sample to its nearest
+    centre (squared distances by matrix products) and moves each centre to the
+    mean of its samples; an empty cluster is re-seeded at the sample farthest
+    from its centre. From the same initial centres it follows scikit-learn's
+    ``KMeans(algorithm="lloyd")``: the same stopping rule (the centres move by
+    Σ_k ‖Δμ_k‖² ≤ ``tol`` × the mean variance of the features; ``tol=0`` runs
+    until the assignment stops changing), the same empty-cluster rule and the
+    same attributes. float32 data is clustered in float32, float64 data in
+    float64, and the ``n_init`` restarts run as one vmapped program.
+
+    Args:
+      n_clusters: number of clusters K.
+      init: ``"k-means++"`` (greedy, as scikit-learn), ``"random"`` (K distinct
+        samples) or an array of initial centres, shape (K, D).
+      n_init: number of restarts; the one with the lowest inertia is kept.
+      max_iter: maximum number of iterations.
+      tol: tolerance on the centre shift, relative to the data's variance.
+      random_state: None, an int or a ``numpy.random.RandomState``.
+
+    Attributes:
+      cluster_centers_: centres, shape (K, D).
+      labels_: cluster of every training sample, shape (N,).
+      inertia_: weighted sum of squared distances to the nearest centre.
+      n_iter_: iterations run.
+      n_features_in_: D.
+
+    Examples:
+      >>> import numpy as np, jaxmix
+      >>> X = np.array([[1.0, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]])
+      >>> km = jaxmix.KMeans(n_clusters=2, init=X[[0, 3]]).fit(X)
+      >>> km.cluster_centers_
+      array([[ 1.,  2.],
+             [10.,  2.]])
+      >>> km.predict([[0.0, 0], [12, 3]])
+      array([0, 1], dtype=int32)
+    """
+
+    def _family(self, X):
+        del X
+        return IsotropicGaussian(variance=1.0, uniform_weights=True)
+
+
+class KMedians(_HardClustering):
+    r"""K-medians clustering (L1 cost) with the interface of ``KMeans``.
+
+    Hard EM of a Laplace mixture with a fixed scale and uniform weights: every
+    iteration assigns each sample to its nearest centre in L1 distance and moves
+    each centre to the (weighted, lower) coordinate-wise median of its samples,
+    computed exactly in JAX from the columns sorted once. ``inertia_`` is the
+    weighted sum of L1 distances, and ``transform`` returns L1 distances.
+
+    ``tol`` defaults to 0: the fit then runs until the assignment stops
+    changing, which makes the result a K-medians fixed point (every centre a
+    coordinate-wise median of its samples, every sample with its nearest
+    centre in L1); a ``ConvergenceWarning`` says when ``max_iter`` came first.
+    With ``tol > 0`` it stops, as K-means does, once the centres move by less
+    than ``tol`` × the mean variance of the features.
+
+    Args:
+      n_clusters: number of clusters K.
+      init: ``"k-means++"``, ``"random"`` or an array of initial centres (K, D).
+      n_init: number of restarts; the one with the lowest inertia is kept.
+      max_iter: maximum number of iterations.
+      tol: tolerance on the centre shift (0: until the assignment is stable).
+      random_state: None, an int or a ``numpy.random.RandomState``.
+
+    Examples:
+      >>> import numpy as np, jaxmix
+      >>> X = np.array([[0.0, 0], [0, 1], [0, 9], [10, 0], [11, 1], [30, 2]])
+      >>> km = jaxmix.KMedians(n_clusters=2, init=X[[0, 3]]).fit(X)
+      >>> km.cluster_centers_
+      array([[ 0.,  1.],
+             [11.,  1.]])
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init=1,
+        max_iter=300,
+        tol=0.0,
+        random_state=None,
+    ):
+        super().__init__(
+            n_clusters,
+            init=init,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+        )
+
+    def _family(self, X):
+        if X is None:  # assignment only: no medians, no sorting
+            return Laplace(scale=1.0, uniform_weights=True)
+        # Sort the columns once on the host, outside the compiled loop.
+        order = np.argsort(X, axis=0, kind="stable").astype(np.int32)
+        return Laplace(scale=1.0, uniform_weights=True, order=jnp.asarray(order))
+
+    def fit(self, X, y=None, sample_weight=None):
+        super().fit(X, y, sample_weight)
+        if not self._converged and self.tol == 0:
+            warnings.warn(
+                f"KMedians stopped after max_iter={self.max_iter} iterations "
+                "before reaching a fixed point; increase max_iter.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    fit.__doc__ = _HardClustering.fit.__doc__
