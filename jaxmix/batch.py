@@ -227,9 +227,10 @@ def fit_restarts(
 
     Examples:
       >>> import jax, jaxmix
+      >>> from jaxmix import batch
       >>> X = jax.random.normal(jax.random.key(0), (300, 2))
       >>> family = jaxmix.families.Gaussian("full")
-      >>> result = jaxmix.fit_restarts(family, X, jax.random.key(1), 3, n_init=8)
+      >>> result = batch.fit_restarts(family, X, jax.random.key(1), 3, n_init=8)
       >>> result.all.log_likelihood.shape
       (8,)
     """
@@ -489,9 +490,10 @@ def fit_many(
 
     Examples:
       >>> import jax, jaxmix
+      >>> from jaxmix import batch
       >>> Xs = jax.random.normal(jax.random.key(0), (100, 50, 2))
       >>> family = jaxmix.families.Gaussian("diag")
-      >>> result = jaxmix.fit_many(family, Xs, jax.random.key(1), 2)
+      >>> result = batch.fit_many(family, Xs, jax.random.key(1), 2)
       >>> result.params.means.shape
       (100, 2, 2)
     """
@@ -556,8 +558,9 @@ def pad_datasets(
         of features, or weights of the wrong length.
 
     Examples:
-      >>> import numpy as np, jaxmix
-      >>> Xs, w = jaxmix.pad_datasets([np.zeros((3, 2)), np.ones((5, 2))])
+      >>> import numpy as np
+      >>> from jaxmix import batch
+      >>> Xs, w = batch.pad_datasets([np.zeros((3, 2)), np.ones((5, 2))])
       >>> Xs.shape, w.sum(axis=1)
       ((2, 5, 2), array([3., 5.]))
     """
@@ -689,11 +692,16 @@ class ModelSelection:
     shapes: tuple  # (T, K_max) the K-component params' leaf shapes
     criterion: str  # "bic" or "aic"
     best_family: Any
+    best_type_index: int  # index of best_family in families
     best_n_components: int
     best: em.FitResult  # the chosen fit, params with best_n_components components
 
     def model(self, covariance_type=None, n_components=None) -> em.FitResult:
-        """The fit for one row, with its params cut to ``n_components`` components."""
+        """The fit for one row, with its params cut to ``n_components`` components.
+
+        ``covariance_type`` None means the first family; ``n_components`` None
+        the largest K.
+        """
         t = self.covariance_types.index(covariance_type) if covariance_type else 0
         k = self.n_components[-1] if n_components is None else n_components
         fit = jax.tree.map(lambda leaf: leaf[k - 1], self.fits[t])
@@ -707,14 +715,8 @@ class ModelSelection:
         ]
         for t, name in enumerate(self.covariance_types):
             for j, k in enumerate(self.n_components):
-                mark = (
-                    "*"
-                    if (
-                        self.families[t] == self.best_family
-                        and k == self.best_n_components
-                    )
-                    else " "
-                )
+                chosen = t == self.best_type_index and k == self.best_n_components
+                mark = "*" if chosen else " "
                 lines.append(
                     f"{name or '-':>10} {k:>3} {self.log_likelihood[t, j]:>12.3f} "
                     f"{self.n_parameters[t, j]:>6} {self.bic[t, j]:>12.3f} "
@@ -792,9 +794,10 @@ def select_n_components(
 
     Examples:
       >>> import jax, jaxmix
+      >>> from jaxmix import batch
       >>> X = jax.random.normal(jax.random.key(0), (200, 2))
       >>> family = jaxmix.families.Gaussian("full")
-      >>> sweep = jaxmix.select_n_components(family, X, jax.random.key(1), 3)
+      >>> sweep = batch.select_n_components(family, X, jax.random.key(1), 3)
       >>> sweep.bic.shape
       (1, 3)
     """
@@ -888,6 +891,7 @@ def select_n_components(
         shapes=tuple(shapes),
         criterion=criterion,
         best_family=families[t],
+        best_type_index=int(t),
         best_n_components=k,
         best=chosen,
     )
