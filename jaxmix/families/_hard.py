@@ -51,8 +51,18 @@ class Farthest(NamedTuple):
 
 
 def _take_largest(distances: Array, n_taken: int) -> Array:
-    """Indices of the ``n_taken`` largest entries, largest first (first on ties)."""
-    return jax.lax.top_k(distances, n_taken)[1]
+    """Indices of the ``n_taken`` largest entries, largest first (first on ties).
+
+    XLA's CPU top-k is fast in float32 but sorts in float64, so float64
+    distances are first screened in float32 (rounding to float32 keeps the
+    order, up to ties) with twice the candidates, which are then ranked
+    exactly.
+    """
+    n = distances.shape[0]
+    if distances.dtype != jnp.float64 or n <= 2 * n_taken:
+        return jax.lax.top_k(distances, n_taken)[1]
+    screened = jax.lax.top_k(distances.astype(jnp.float32), 2 * n_taken)[1]
+    return screened[jax.lax.top_k(distances[screened], n_taken)[1]]
 
 
 def farthest(
@@ -85,10 +95,25 @@ def farthest(
 
 
 def merge_farthest(a: Farthest, b: Farthest) -> Farthest:
-    """The farthest candidates of two blocks together (an associative merge)."""
+    """The farthest candidates of two blocks together (an associative merge).
+
+    Both lists are sorted (farthest first), so each entry's place in the merged
+    list is its own index plus the number of entries of the other list ahead of
+    it (``a``'s first on ties): a scatter instead of a sort.
+    """
+    n_kept = a.distances.shape[0]
+    ahead_of_a = jnp.sum(b.distances[None, :] > a.distances[:, None], axis=1)
+    ahead_of_b = jnp.sum(a.distances[None, :] >= b.distances[:, None], axis=1)
+    place = jnp.concatenate(
+        [jnp.arange(n_kept) + ahead_of_a, jnp.arange(b.distances.shape[0]) + ahead_of_b]
+    )
     both = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
-    index = _take_largest(both.distances, a.distances.shape[0])
-    return jax.tree.map(lambda x: x[index], both)
+    return jax.tree.map(
+        lambda x: (
+            jnp.zeros((n_kept, *x.shape[1:]), x.dtype).at[place].set(x, mode="drop")
+        ),
+        both,
+    )
 
 
 def assigned_centers(resp: Array, means: Array) -> tuple[Array, Array]:

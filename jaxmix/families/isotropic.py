@@ -71,7 +71,8 @@ class IsotropicGaussian:
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxmix
-      >>> from jaxmix.families import GaussianParams, IsotropicGaussian
+      >>> from jaxmix.families import GaussianParams
+      >>> from jaxmix.families.isotropic import IsotropicGaussian
       >>> X = jax.random.normal(jax.random.key(0), (300, 2))
       >>> start = GaussianParams(jnp.full(3, 1 / 3), X[:3], jnp.ones(3))
       >>> lloyd = jaxmix.fit(IsotropicGaussian(), X, start, hard=True, tol=0.0,
