@@ -16,16 +16,20 @@ Under ``vmap`` the engine's ``lax.while_loop`` runs until the slowest member of
 the batch stops; a member that has stopped (converged, reached ``max_iter`` or
 met a non-finite value) no longer changes, so each result is exactly what the
 same fit run alone gives. The price is that every member costs as many
-iterations as the slowest one.
+iterations as the slowest one; :func:`fit_many`'s slices limit that to the
+slowest of each slice.
 
 **Static and traced arguments.** A new compilation happens only when something
 that changes the program changes:
 
 - static: ``n_components`` and ``n_init`` (they are array shapes), ``method`` (a
   different initialisation program), ``max_iter`` (it sizes the per-iteration
-  trace), the family's structure (e.g. the Gaussian ``covariance_type``, whether
-  a prior is present at all), the shapes and dtypes of the data and of
-  ``sample_weight`` (None or an array), and ``batch_size`` (the slice shape);
+  trace), ``hard`` and ``criterion`` (different loop bodies), the family's
+  structure (e.g. the Gaussian ``covariance_type``, whether a prior is present
+  at all), the shapes and dtypes of the data and of ``sample_weight`` (None or
+  an array), and ``batch_size`` (the slice shape: once :func:`fit_many` slices
+  a stack, the number of data sets B no longer matters, the last slice being
+  padded to full size);
 - traced: the data, the key, ``tol``, the sample weights and every number of the
   family (``reg_covar``, fixed variances, prior strengths). Refitting with new
   data of the same shape, a new ``tol``, a new ``reg_covar`` or new prior
@@ -114,6 +118,7 @@ def _restarts(
     max_iter,
     hard=False,
     criterion="objective",
+    batch_size=None,
 ) -> RestartsResult:
     def one(key):
         start = initialization._initialize(
@@ -122,13 +127,17 @@ def _restarts(
         start = _replace_fields(start, overrides)
         return _fit_one(family, X, start, tol, sample_weight, max_iter, hard, criterion)
 
-    results = jax.vmap(one)(keys)
+    if batch_size is None or batch_size >= keys.shape[0]:
+        results = jax.vmap(one)(keys)
+    else:
+        # Groups of batch_size restarts vmapped, the groups one after another.
+        results = jax.lax.map(one, keys, batch_size=batch_size)
     best, index = _select_best(results)
     return RestartsResult(best, results, index)
 
 
 _STATIC = ("n_components", "method", "max_iter", "hard", "criterion")
-_restarts_jit = jax.jit(_restarts, static_argnames=_STATIC)
+_restarts_jit = jax.jit(_restarts, static_argnames=(*_STATIC, "batch_size"))
 
 
 def _check_common(n_components, n_samples, method, max_iter, tol, n_init=1):
@@ -192,8 +201,9 @@ def fit_restarts(
     sample_weight: Array | None = None,
     hard: bool = False,
     criterion: str = "objective",
+    batch_size: int | None = None,
 ) -> RestartsResult:
-    r"""Initialise and fit ``n_init`` restarts in one vmapped program; keep the best.
+    r"""Initialise and fit ``n_init`` restarts in one compiled program; keep the best.
 
     Restart ``r`` starts from ``jaxmix.initialize(family, keys[r], X, n_components,
     method, sample_weight)`` with ``keys = jax.random.split(key, n_init)`` and is
@@ -217,6 +227,13 @@ def fit_restarts(
       hard: hard-assignment EM (static), as in :func:`jaxmix.fit` (K-means,
         K-medians families).
       criterion: what ``tol`` applies to (static), as in :func:`jaxmix.fit`.
+      batch_size: restarts vmapped together (static); groups of them run one
+        after another in the same program (``lax.map``). None picks
+        ``min(n_init, default_batch_size(N, K, D))``: all restarts at once for
+        small data, one at a time when a single restart's (N, K, D) work no
+        longer fits in cache, which measured faster on CPU (N=20,000, D=K=8:
+        16 restarts in 5.1 s one by one against 8.8 s vmapped). Results do
+        not depend on it.
 
     Returns:
       A :class:`RestartsResult` ``(best, all, best_index)``.
@@ -238,6 +255,17 @@ def fit_restarts(
         raise ValueError(f"X must have shape (N, D), got {np.shape(X)}")
     _check_common(n_components, np.shape(X)[0], method, max_iter, tol, n_init)
     _check_weights(sample_weight, np.shape(X)[:1], n_components)
+    if batch_size is None:
+        n_samples, n_features = np.shape(X)
+        batch_size = min(
+            n_init, default_batch_size(n_samples, n_components, n_features)
+        )
+    elif (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or (batch_size < 1)
+    ):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     keys = jax.random.split(key, n_init)
     return _restarts_jit(
         family,
@@ -251,6 +279,7 @@ def fit_restarts(
         max_iter=max_iter,
         hard=hard,
         criterion=criterion,
+        batch_size=batch_size,
     )
 
 

@@ -302,6 +302,19 @@ def test_best_restart_is_never_worse_than_any_single_restart(local_optima):
     assert len(np.unique(single_ll.round(6))) > 1  # the data has local optima
     best = singles[int(result.best_index)]
     np.testing.assert_allclose(result.best.params.means, best.params.means, rtol=1e-8)
+    # Restarts in groups of three (3 + 3 + 2, one group after another).
+    grouped = batch.fit_restarts(
+        family,
+        X,
+        key,
+        5,
+        n_init,
+        method="random_from_data",
+        max_iter=60,
+        batch_size=3,
+    )
+    np.testing.assert_allclose(grouped.all.log_likelihood, single_ll, rtol=1e-9)
+    assert int(grouped.best_index) == int(result.best_index)
 
 
 def test_non_finite_restart_is_never_chosen():
