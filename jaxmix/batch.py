@@ -826,9 +826,10 @@ def select_n_components(
       >>> from jaxmix import batch
       >>> X = jax.random.normal(jax.random.key(0), (200, 2))
       >>> family = jaxmix.families.Gaussian("full")
-      >>> sweep = batch.select_n_components(family, X, jax.random.key(1), 3)
+      >>> key = jax.random.key(1)
+      >>> sweep = batch.select_n_components(family, X, key, 2, method="k-means++")
       >>> sweep.bic.shape
-      (1, 3)
+      (1, 2)
     """
     if np.ndim(X) != 2:
         raise ValueError(f"X must have shape (N, D), got {np.shape(X)}")
