@@ -20,3 +20,11 @@ from jaxmix import mixture as mixture
 from jaxmix import check as check
 from jaxmix.gradient import fit_gradient as fit_gradient
 from jaxmix.bernoulli_mixture import BernoulliMixture as BernoulliMixture
+from jaxmix import batch as batch
+from jaxmix.batch import BatchResult as BatchResult
+from jaxmix.batch import ModelSelection as ModelSelection
+from jaxmix.batch import RestartsResult as RestartsResult
+from jaxmix.batch import fit_many as fit_many
+from jaxmix.batch import fit_restarts as fit_restarts
+from jaxmix.batch import pad_datasets as pad_datasets
+from jaxmix.batch import select_n_components as select_n_components

@@ -9,6 +9,23 @@ import pytest
 from jaxmix.datasets import load_faithful
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread():
+    """scikit-learn's references on one BLAS/OpenMP thread.
+
+    JAX keeps its own thread pool; letting NumPy's BLAS and scikit-learn's OpenMP
+    spawn theirs beside it on two cores oversubscribes the machine (a reference
+    fit measured 40x slower that way).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture
 def x64():
     """Run a test with JAX's float64 enabled, restoring the flag afterwards."""
