@@ -93,6 +93,7 @@ def bench_kmeans(X, start, n_iter, repeats, rows):
                     max_iter=n_iter,
                     tol=0.0,
                     criterion="means",
+                    chunk_size=jaxmix.kmeans.lloyd_chunk_size(n_clusters),
                 )
 
             contenders = {

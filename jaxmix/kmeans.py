@@ -100,9 +100,24 @@ def _seed(key, X, weights, *, n_clusters, init):
     return X[index]
 
 
-@functools.partial(jax.jit, static_argnames=("n_clusters", "init", "max_iter"))
+def lloyd_chunk_size(n_clusters: int) -> int:
+    """Rows per block for Lloyd's iteration: about 2^17 distances per block.
+
+    A hard pass with labels holds (C, K) distances and (C, D) rows per block,
+    not the (C, K, D) intermediates of a full Gaussian, so its blocks can be
+    larger than the engine's default. On this project's 2-core CPU (N=10^6,
+    D=16, K=64), blocks of 2048 to 16384 rows ran at the same speed in float32
+    and float64, 1024 rows about 15% slower; smaller blocks mean more
+    per-block overhead (the re-seeding candidates are merged block by block).
+    """
+    return int(min(max((1 << 17) // max(1, n_clusters), 1024), 1 << 16))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("n_clusters", "init", "max_iter", "chunk_size")
+)
 def _fit_restarts(
-    family, X, weights, keys, centers, tol, *, n_clusters, init, max_iter
+    family, X, weights, keys, centers, tol, *, n_clusters, init, max_iter, chunk_size
 ):
     """All restarts at once: seed, hard EM, final assignment (vmapped over keys)."""
 
@@ -121,7 +136,7 @@ def _fit_restarts(
             -jnp.inf,
             max_iter=max_iter,
             hard=True,
-            chunk_size=None,
+            chunk_size=chunk_size,
             criterion="means",
         )
         labels, inertia = _assign(family, X, result.params.means, weights)
@@ -174,6 +189,9 @@ class _HardClustering(ParamsMixin):
 
     def _family(self, X: np.ndarray):
         raise NotImplementedError
+
+    def _chunk_size(self, n_samples: int) -> int | None:
+        return None
 
     # -- validation --------------------------------------------------------------
     def _check_init(self, X: np.ndarray):
@@ -265,6 +283,7 @@ class _HardClustering(ParamsMixin):
                 n_clusters=self.n_clusters,
                 init=init,
                 max_iter=self.max_iter,
+                chunk_size=self._chunk_size(X.shape[0]),
             )
             means, labels, inertia, n_iter, status = jax.device_get(results)
         best = int(np.argmin(inertia))
@@ -289,10 +308,8 @@ class _HardClustering(ParamsMixin):
         X = self._check_fitted_input(X)
         with precision(X.dtype):
             family = self._family(None)
-            out = function(
-                family, jnp.asarray(X), jnp.asarray(self.cluster_centers_), *args
-            )
-            return np.asarray(out)
+            arrays = [jnp.asarray(a) for a in (X, self.cluster_centers_, *args)]
+            return np.asarray(function(family, *arrays))
 
     def predict(self, X) -> np.ndarray:
         """The nearest centre of every sample (the first on ties), shape (N,)."""
@@ -309,7 +326,7 @@ class _HardClustering(ParamsMixin):
         weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
         if weights is None:
             weights = np.ones(X.shape[0], X.dtype)
-        return -float(self._run(_score, X, jnp.asarray(weights)))
+        return -float(self._run(_score, X, weights))
 
 
 class KMeans(_HardClustering):
@@ -356,6 +373,10 @@ class KMeans(_HardClustering):
     def _family(self, X):
         del X
         return IsotropicGaussian(variance=1.0, uniform_weights=True)
+
+    def _chunk_size(self, n_samples: int) -> int | None:
+        chunk = lloyd_chunk_size(self.n_clusters)
+        return None if n_samples <= chunk else chunk
 
 
 class KMedians(_HardClustering):

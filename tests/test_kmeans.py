@@ -171,6 +171,9 @@ def test_kmedians_matches_numpy_reference(name, weighted):
     assert model.n_iter_ == n_iter
     l1 = np.abs(X - expected[labels]).sum(axis=1)
     assert model.inertia_ == pytest.approx(weights @ l1, rel=1e-12)
+    assert model.score(X, sample_weight=weights) == pytest.approx(
+        -weights @ l1, rel=1e-12
+    )
 
 
 def assert_kmedians_fixed_point(X, model, weights):
