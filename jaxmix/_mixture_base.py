@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import em, initialization
+from jaxmix import batch, em, initialization
 from jaxmix._validation import (
     ConvergenceWarning,
     ParamsMixin,
@@ -27,16 +27,6 @@ from jaxmix._validation import (
     jax_key,
     precision,
 )
-
-
-@functools.partial(jax.jit, static_argnames=("n_components", "method"))
-def _initialize_restarts(family, keys, X, sample_weight, *, n_components, method):
-    def one(key):
-        return initialization._initialize(
-            family, key, X, sample_weight, n_components=n_components, method=method
-        )
-
-    return jax.vmap(one)(keys)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
@@ -114,44 +104,44 @@ class MixtureEstimator(ParamsMixin):
     def _fit(self, X, sample_weight=None):
         X, weights = self._validate_fit_input(X, sample_weight)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
-        n_init = self.n_init if do_init else 1
         family = self._family()
         with precision(X.dtype):
             data = jnp.asarray(X)
             weights_j = None if weights is None else jnp.asarray(weights)
-            if do_init:
-                starts = self._initial_params(family, data, weights_j, n_init, X)
-                initial_ll = -np.inf
+            user = {
+                field: jnp.asarray(value, data.dtype)
+                for field, value in self._user_params(X).items()
+            }
+            if do_init and set(user) != set(self._param_fields):
+                # Initialisation and EM of every restart in one program.
+                results = self._initialize_and_fit(family, data, weights_j, user)
             else:
-                starts = jax.tree.map(lambda a: jnp.asarray(a)[None],
-                                      self._fitted_params())
-                initial_ll = self.lower_bound_
-            results = _fit_restarts(family, data, starts, self.tol, weights_j,
-                                    initial_ll, max_iter=self.max_iter)
+                if do_init:  # everything is given: nothing to initialise
+                    start, initial_ll = self._params_type(**user), -np.inf
+                else:
+                    start = jax.tree.map(jnp.asarray, self._fitted_params())
+                    initial_ll = self.lower_bound_
+                n_init = self.n_init if do_init else 1
+                starts = jax.tree.map(
+                    lambda a: jnp.broadcast_to(a, (n_init, *a.shape)), start
+                )
+                results = _fit_restarts(family, data, starts, self.tol, weights_j,
+                                        initial_ll, max_iter=self.max_iter)
             results = jax.device_get(results)
-        self._select_best(results, X.dtype, n_init)
+        self._select_best(results, X.dtype, results.n_iter.shape[0])
         self.n_features_in_ = X.shape[1]
         return X
 
-    def _initial_params(self, family, data, weights, n_init, X):
-        user = self._user_params(X)
-        keys = jax.random.split(jax_key(self.random_state), n_init)
-        if set(user) == set(self._param_fields):
-            # Everything is given: no need to compile and run an initialisation.
-            fields = {
-                k: jnp.broadcast_to(jnp.asarray(v, data.dtype), (n_init, *np.shape(v)))
-                for k, v in user.items()
-            }
-            return self._params_type(**fields)
-        params = _initialize_restarts(family, keys, data, weights,
-                                      n_components=self.n_components,
-                                      method=self.init_params)
-        replaced = {
-            field: jnp.broadcast_to(jnp.asarray(value, data.dtype),
-                                    getattr(params, field).shape)
-            for field, value in user.items()
-        }
-        return params._replace(**replaced)
+    def _initialize_and_fit(self, family, data, weights, user) -> em.FitResult:
+        n_samples, n_features = data.shape
+        keys = jax.random.split(jax_key(self.random_state), self.n_init)
+        group = min(self.n_init,
+                    batch.default_batch_size(n_samples, self.n_components, n_features))
+        return batch._restarts_jit(
+            family, data, keys, self.tol, weights, user or None,
+            n_components=self.n_components, method=self.init_params,
+            max_iter=self.max_iter, batch_size=group,
+        ).all
 
     def _select_best(self, results, dtype, n_init) -> None:
         finite = results.status != em.NONFINITE
