@@ -12,15 +12,12 @@ from jaxmix.initialization import initialize as initialize
 from jaxmix.initialization import kmeans_plusplus as kmeans_plusplus
 
 __version__ = "0.1.0"
-from jaxmix._validation import ConvergenceWarning as ConvergenceWarning
-from jaxmix._validation import NotFittedError as NotFittedError
-from jaxmix.gaussian_mixture import GaussianMixture as GaussianMixture
+from jaxmix import batch as batch
+from jaxmix import check as check
 from jaxmix import lowrank as lowrank
 from jaxmix import mixture as mixture
-from jaxmix import check as check
-from jaxmix.gradient import fit_gradient as fit_gradient
-from jaxmix.bernoulli_mixture import BernoulliMixture as BernoulliMixture
-from jaxmix import batch as batch
+from jaxmix._validation import ConvergenceWarning as ConvergenceWarning
+from jaxmix._validation import NotFittedError as NotFittedError
 from jaxmix.batch import BatchResult as BatchResult
 from jaxmix.batch import ModelSelection as ModelSelection
 from jaxmix.batch import RestartsResult as RestartsResult
@@ -28,3 +25,6 @@ from jaxmix.batch import fit_many as fit_many
 from jaxmix.batch import fit_restarts as fit_restarts
 from jaxmix.batch import pad_datasets as pad_datasets
 from jaxmix.batch import select_n_components as select_n_components
+from jaxmix.bernoulli_mixture import BernoulliMixture as BernoulliMixture
+from jaxmix.gaussian_mixture import GaussianMixture as GaussianMixture
+from jaxmix.gradient import fit_gradient as fit_gradient

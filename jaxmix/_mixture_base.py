@@ -30,11 +30,21 @@ from jaxmix._validation import (
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _fit_restarts(family, X, params, tol, sample_weight, initial_log_likelihood, *,
-                  max_iter):
+def _fit_restarts(
+    family, X, params, tol, sample_weight, initial_log_likelihood, *, max_iter
+):
     def one(start):
-        return em._fit(family, X, start, tol, sample_weight, initial_log_likelihood,
-                       max_iter=max_iter, hard=False, chunk_size=None)
+        return em._fit(
+            family,
+            X,
+            start,
+            tol,
+            sample_weight,
+            initial_log_likelihood,
+            max_iter=max_iter,
+            hard=False,
+            chunk_size=None,
+        )
 
     return jax.vmap(one)(params)
 
@@ -125,8 +135,15 @@ class MixtureEstimator(ParamsMixin):
                 starts = jax.tree.map(
                     lambda a: jnp.broadcast_to(a, (n_init, *a.shape)), start
                 )
-                results = _fit_restarts(family, data, starts, self.tol, weights_j,
-                                        initial_ll, max_iter=self.max_iter)
+                results = _fit_restarts(
+                    family,
+                    data,
+                    starts,
+                    self.tol,
+                    weights_j,
+                    initial_ll,
+                    max_iter=self.max_iter,
+                )
             results = jax.device_get(results)
         self._select_best(results, X.dtype, results.n_iter.shape[0])
         self.n_features_in_ = X.shape[1]
@@ -135,12 +152,21 @@ class MixtureEstimator(ParamsMixin):
     def _initialize_and_fit(self, family, data, weights, user) -> em.FitResult:
         n_samples, n_features = data.shape
         keys = jax.random.split(jax_key(self.random_state), self.n_init)
-        group = min(self.n_init,
-                    batch.default_batch_size(n_samples, self.n_components, n_features))
+        group = min(
+            self.n_init,
+            batch.default_batch_size(n_samples, self.n_components, n_features),
+        )
         return batch._restarts_jit(
-            family, data, keys, self.tol, weights, user or None,
-            n_components=self.n_components, method=self.init_params,
-            max_iter=self.max_iter, batch_size=group,
+            family,
+            data,
+            keys,
+            self.tol,
+            weights,
+            user or None,
+            n_components=self.n_components,
+            method=self.init_params,
+            max_iter=self.max_iter,
+            batch_size=group,
         ).all
 
     def _select_best(self, results, dtype, n_init) -> None:
@@ -152,7 +178,9 @@ class MixtureEstimator(ParamsMixin):
             best = 0
         else:
             best = int(np.argmax(objective))
-        params = jax.tree.map(lambda a: np.asarray(a[best], dtype=dtype), results.params)
+        params = jax.tree.map(
+            lambda a: np.asarray(a[best], dtype=dtype), results.params
+        )
         self._set_fitted(params, dtype)
         n_iter = int(results.n_iter[best])
         self.n_iter_ = n_iter
@@ -181,12 +209,14 @@ class MixtureEstimator(ParamsMixin):
             for iteration, value in enumerate(trace, start=1):
                 if iteration % self.verbose_interval == 0:
                     if self.verbose > 1:
-                        print(f"  Iteration {iteration}\t ll change {value - previous:.5f}")
+                        change = value - previous
+                        print(f"  Iteration {iteration}\t ll change {change:.5f}")
                     else:
                         print(f"  Iteration {iteration}")
                 previous = value
             state = "converged" if results.converged[init] else "did not converge"
-            print(f"Initialization {state}. lower bound {results.log_likelihood[init]:.5f}")
+            bound = results.log_likelihood[init]
+            print(f"Initialization {state}. lower bound {bound:.5f}")
 
     def fit(self, X, y=None, sample_weight=None):
         """Estimate the parameters by EM (``n_init`` restarts run at once).
@@ -234,8 +264,9 @@ class MixtureEstimator(ParamsMixin):
     # -- scoring -----------------------------------------------------------------
     def _check_predict_input(self, X) -> np.ndarray:
         self._check_is_fitted("converged_")
-        X = check_array(X, n_features=self.n_features_in_,
-                        estimator=type(self).__name__)
+        X = check_array(
+            X, n_features=self.n_features_in_, estimator=type(self).__name__
+        )
         self._check_data(X)
         return X
 

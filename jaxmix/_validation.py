@@ -24,8 +24,14 @@ except ImportError:  # pragma: no cover - exercised without scikit-learn
 __all__ = ["ConvergenceWarning", "NotFittedError"]
 
 
-def check_array(X, *, name: str = "X", ensure_min_samples: int = 1,
-                n_features: int | None = None, estimator: str = "") -> np.ndarray:
+def check_array(
+    X,
+    *,
+    name: str = "X",
+    ensure_min_samples: int = 1,
+    n_features: int | None = None,
+    estimator: str = "",
+) -> np.ndarray:
     """A finite 2-D float array; float32 and float64 keep their dtype.
 
     Raises:
@@ -37,7 +43,9 @@ def check_array(X, *, name: str = "X", ensure_min_samples: int = 1,
     try:
         array = np.asarray(X)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} could not be converted to a numeric array: {error}")
+        raise ValueError(
+            f"{name} could not be converted to a numeric array: {error}"
+        ) from None
     if array.dtype.kind in "OUSV":
         try:
             array = array.astype(np.float64)
@@ -106,7 +114,9 @@ def check_random_state(seed) -> np.random.RandomState:
         return np.random.RandomState(int(seed))
     if isinstance(seed, np.random.RandomState):
         return seed
-    raise ValueError(f"random_state must be None, an int or a RandomState, got {seed!r}")
+    raise ValueError(
+        f"random_state must be None, an int or a RandomState, got {seed!r}"
+    )
 
 
 def jax_key(random_state) -> jax.Array:

@@ -259,9 +259,7 @@ class BernoulliMixture(MixtureEstimator):
         """
         self._check_is_fitted("converged_")
         with precision(self.means_.dtype):
-            return np.asarray(
-                mixture.bernoulli_covariance(self.weights_, self.means_)
-            )
+            return np.asarray(mixture.bernoulli_covariance(self.weights_, self.means_))
 
     def sample(self, n_samples=1):
         """Draw binary samples from the fitted mixture.

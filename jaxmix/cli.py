@@ -47,7 +47,9 @@ def _plot(model, X: np.ndarray, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:  # pragma: no cover - matplotlib is an extra
-        raise SystemExit(f"--plot needs matplotlib (pip install jaxmix[plot]): {error}")
+        raise SystemExit(
+            f"--plot needs matplotlib (pip install jaxmix[plot]): {error}"
+        ) from None
     from jaxmix.plotting import plot_mixture_2d
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -73,10 +75,14 @@ def _fit(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(X)
-    print(f"Gaussian mixture fitted to {source}: {X.shape[0]} samples, "
-          f"{X.shape[1]} features")
-    print(f"  components: {args.components}  covariance: {args.covariance}  "
-          f"restarts: {args.restarts}  seed: {args.seed}")
+    print(
+        f"Gaussian mixture fitted to {source}: {X.shape[0]} samples, "
+        f"{X.shape[1]} features"
+    )
+    print(
+        f"  components: {args.components}  covariance: {args.covariance}  "
+        f"restarts: {args.restarts}  seed: {args.seed}"
+    )
     print("weights:")
     print(_format_matrix(model.weights_, "  "))
     print("means:")

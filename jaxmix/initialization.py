@@ -37,8 +37,9 @@ def _sample_index(key, probabilities: Array, shape=(), fallback=None) -> Array:
     return jax.random.choice(key, probabilities.shape[0], shape, p=probabilities)
 
 
-def kmeans_plusplus(key, X: Array, n_clusters: int,
-                    sample_weight: Array | None = None) -> tuple[Array, Array]:
+def kmeans_plusplus(
+    key, X: Array, n_clusters: int, sample_weight: Array | None = None
+) -> tuple[Array, Array]:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii, with local trials).
 
     Each new center is the best of ``2 + ⌊ln K⌋`` candidates drawn with
@@ -62,9 +63,15 @@ def kmeans_plusplus(key, X: Array, n_clusters: int,
         distances = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
         potential = weights @ distances
         best = jnp.argmin(potential)
-        return indices.at[i].set(candidates[best].astype(indices.dtype)), distances[:, best], key
+        return (
+            indices.at[i].set(candidates[best].astype(indices.dtype)),
+            distances[:, best],
+            key,
+        )
 
-    indices, _, _ = jax.lax.fori_loop(1, n_clusters, add_center, (indices, closest, key))
+    indices, _, _ = jax.lax.fori_loop(
+        1, n_clusters, add_center, (indices, closest, key)
+    )
     return X[indices], indices
 
 
@@ -88,8 +95,17 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
     # Lloyd's loop for max_iter iterations. Ten epsilons absorb it.
     relative = max(1e-8, 10 * float(jnp.finfo(X.dtype).eps))
     tol = relative * jnp.mean(spread) + jnp.finfo(X.dtype).tiny
-    result = em._fit(family, X, params, tol, weights, -jnp.inf,
-                     max_iter=max_iter, hard=True, chunk_size=None)
+    result = em._fit(
+        family,
+        X,
+        params,
+        tol,
+        weights,
+        -jnp.inf,
+        max_iter=max_iter,
+        hard=True,
+        chunk_size=None,
+    )
     resp, _ = em.e_step(family, result.params, X, hard=True)
     return resp
 
@@ -97,7 +113,9 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
 def _initialize(family, key, X, sample_weight, *, n_components, method):
     n_samples = X.shape[0]
     if method == "kmeans":
-        weights = jnp.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
+        weights = (
+            jnp.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
+        )
         centers, _ = kmeans_plusplus(key, X, n_components, sample_weight)
         resp = _lloyd_labels(X, centers, weights)
     elif method == "k-means++":
@@ -124,8 +142,14 @@ def _initialize(family, key, X, sample_weight, *, n_components, method):
 _initialize_jit = jax.jit(_initialize, static_argnames=("n_components", "method"))
 
 
-def initialize(family, key, X: Array, n_components: int, method: str = "kmeans",
-               sample_weight: Array | None = None):
+def initialize(
+    family,
+    key,
+    X: Array,
+    n_components: int,
+    method: str = "kmeans",
+    sample_weight: Array | None = None,
+):
     """Starting parameters for EM, computed in JAX (jit- and vmap-compatible).
 
     As in scikit-learn, each method produces responsibilities and the family's
@@ -150,7 +174,8 @@ def initialize(family, key, X: Array, n_components: int, method: str = "kmeans",
     Examples:
       >>> import jax, jaxmix
       >>> X = jax.random.normal(jax.random.key(0), (100, 2))
-      >>> params = jaxmix.initialize(jaxmix.families.Gaussian(), jax.random.key(1), X, 2)
+      >>> family = jaxmix.families.Gaussian()
+      >>> params = jaxmix.initialize(family, jax.random.key(1), X, 2)
       >>> params.covariances.shape
       (2, 2, 2)
     """
@@ -161,5 +186,6 @@ def initialize(family, key, X: Array, n_components: int, method: str = "kmeans",
             f"n_components must be between 1 and n_samples={X.shape[0]}, "
             f"got {n_components}"
         )
-    return _initialize_jit(family, key, X, sample_weight, n_components=n_components,
-                           method=method)
+    return _initialize_jit(
+        family, key, X, sample_weight, n_components=n_components, method=method
+    )

@@ -19,7 +19,8 @@ def save_model(path, estimator) -> None:
     arrays = {
         name: np.asarray(value)
         for name, value in vars(estimator).items()
-        if name.endswith("_") and not name.startswith("_")
+        if name.endswith("_")
+        and not name.startswith("_")
         and isinstance(value, (np.ndarray, float, int, bool, np.generic, list))
     }
     params = {

@@ -13,8 +13,15 @@ from jaxmix.io import load_model, save_model
 def test_fit_without_arguments_fits_old_faithful(capsys):
     assert cli.main(["fit"]) == 0
     out = capsys.readouterr().out
-    for word in ("Old Faithful", "weights:", "means:", "covariances:",
-                 "log-likelihood", "iterations:", "BIC:"):
+    for word in (
+        "Old Faithful",
+        "weights:",
+        "means:",
+        "covariances:",
+        "log-likelihood",
+        "iterations:",
+        "BIC:",
+    ):
         assert word in out
     # the printed model is the estimator's fit with the same settings
     X, _ = load_faithful()
@@ -25,8 +32,12 @@ def test_fit_without_arguments_fits_old_faithful(capsys):
 
 def test_saved_model_loads_back_exactly(tmp_path, capsys):
     path = tmp_path / "model.npz"
-    assert cli.main(["fit", "--covariance", "diag", "--components", "3",
-                     "--output", str(path)]) == 0
+    assert (
+        cli.main(
+            ["fit", "--covariance", "diag", "--components", "3", "--output", str(path)]
+        )
+        == 0
+    )
     loaded = load_model(path)
     X, _ = load_faithful()
     again = GaussianMixture(3, covariance_type="diag", random_state=0).fit(X)

@@ -34,8 +34,9 @@ def _data(seed: int) -> np.ndarray:
 
 
 def _start(family: Gaussian, X, seed: int) -> GaussianParams:
-    return jaxmix.initialize(family, jax.random.key(seed), jnp.asarray(X), K,
-                             method="random_from_data")
+    return jaxmix.initialize(
+        family, jax.random.key(seed), jnp.asarray(X), K, method="random_from_data"
+    )
 
 
 def _numpy_log_density(X, params, covariance_type):
@@ -44,12 +45,14 @@ def _numpy_log_density(X, params, covariance_type):
     cov = np.asarray(params.covariances)
     out = np.empty((len(X), len(means)))
     for k, mean in enumerate(means):
-        sigma = {
-            "full": lambda: cov[k],
-            "tied": lambda: cov,
-            "diag": lambda: np.diag(cov[k]),
-            "spherical": lambda: cov[k] * np.eye(X.shape[1]),
-        }[covariance_type]()
+        if covariance_type == "full":
+            sigma = cov[k]
+        elif covariance_type == "tied":
+            sigma = cov
+        elif covariance_type == "diag":
+            sigma = np.diag(cov[k])
+        else:
+            sigma = cov[k] * np.eye(X.shape[1])
         diff = X - mean
         maha = np.einsum("nd,de,ne->n", diff, np.linalg.inv(sigma), diff)
         _, logdet = np.linalg.slogdet(sigma)
@@ -63,8 +66,9 @@ def test_log_density_matches_numpy(covariance_type):
     X = _data(0)
     params = em.fit(family, jnp.asarray(X), _start(family, X, 0), max_iter=3).params
     ours = family.log_component_density(params, jnp.asarray(X))
-    np.testing.assert_allclose(ours, _numpy_log_density(X, params, covariance_type),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        ours, _numpy_log_density(X, params, covariance_type), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -75,8 +79,12 @@ def test_m_step_matches_two_pass_numpy(covariance_type):
     params = em.m_step(family, jnp.asarray(X), jnp.asarray(resp))
     counts = resp.sum(0) + 10 * np.finfo(float).eps
     means = resp.T @ X / counts[:, None]
-    full = np.stack([(resp[:, k, None] * (X - means[k])).T @ (X - means[k]) / counts[k]
-                     for k in range(K)])
+    full = np.stack(
+        [
+            (resp[:, k, None] * (X - means[k])).T @ (X - means[k]) / counts[k]
+            for k in range(K)
+        ]
+    )
     expected = {
         "full": full + 1e-6 * np.eye(D),
         "tied": np.einsum("k,kde->de", counts, full) / counts.sum() + 1e-6 * np.eye(D),
@@ -113,8 +121,9 @@ def test_responsibilities_sum_to_one(seed, hard):
     with jax.enable_x64(True):
         family = Gaussian("full")
         X = _data(seed)
-        resp, log_norm = em.e_step(family, _start(family, X, seed), jnp.asarray(X),
-                                   hard=hard)
+        resp, log_norm = em.e_step(
+            family, _start(family, X, seed), jnp.asarray(X), hard=hard
+        )
         np.testing.assert_allclose(np.sum(resp, axis=1), 1.0, rtol=1e-12)
         assert np.all(np.asarray(resp) >= 0) and np.all(np.isfinite(log_norm))
 
@@ -126,8 +135,10 @@ def test_permuting_components_permutes_the_result(covariance_type):
     start = _start(family, X, 3)
     order = jnp.array([2, 0, 1])
     permuted = start._replace(
-        weights=start.weights[order], means=start.means[order],
-        covariances=start.covariances if covariance_type == "tied"
+        weights=start.weights[order],
+        means=start.means[order],
+        covariances=start.covariances
+        if covariance_type == "tied"
         else start.covariances[order],
     )
     a = em.fit(family, X, start, max_iter=20, tol=-1.0)
@@ -156,8 +167,14 @@ def test_zero_weights_remove_samples():
     X = _data(5)
     keep = np.arange(N) % 4 != 0
     start = _start(family, X[keep], 5)
-    masked = em.fit(family, jnp.asarray(X), start, max_iter=10, tol=-1.0,
-                    sample_weight=jnp.asarray(keep, jnp.float64))
+    masked = em.fit(
+        family,
+        jnp.asarray(X),
+        start,
+        max_iter=10,
+        tol=-1.0,
+        sample_weight=jnp.asarray(keep, jnp.float64),
+    )
     dropped = em.fit(family, jnp.asarray(X[keep]), start, max_iter=10, tol=-1.0)
     for a, b in zip(masked.params, dropped.params):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -166,16 +183,17 @@ def test_zero_weights_remove_samples():
 def test_vmap_over_data_sets_equals_one_by_one():
     family = Gaussian("diag")
     Xs = jnp.stack([jnp.asarray(_data(s)) for s in range(4)])
-    starts = jax.vmap(lambda X, k: jaxmix.initialize(family, k, X, K,
-                                                     method="random_from_data"))(
-        Xs, jax.random.split(jax.random.key(0), 4))
+    starts = jax.vmap(
+        lambda X, k: jaxmix.initialize(family, k, X, K, method="random_from_data")
+    )(Xs, jax.random.split(jax.random.key(0), 4))
     batched = jax.vmap(lambda X, p: em.fit(family, X, p, max_iter=50))(Xs, starts)
     for b in range(4):
         start = jax.tree.map(lambda a, b=b: a[b], starts)
         single = em.fit(family, Xs[b], start, max_iter=50)
         assert int(single.n_iter) == int(batched.n_iter[b])
-        np.testing.assert_allclose(single.params.means, batched.params.means[b],
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            single.params.means, batched.params.means[b], rtol=1e-10
+        )
 
 
 def test_no_recompilation_for_new_values():
@@ -204,8 +222,11 @@ def test_non_finite_is_never_converged_and_keeps_finite_params():
     # Without regularisation a component on repeated points becomes singular.
     X = jnp.asarray(np.r_[np.zeros((6, 2)), _data(8)])
     family = Gaussian("full", reg_covar=0.0)
-    start = GaussianParams(jnp.array([0.5, 0.5]), jnp.array([[0.0, 0.0], [3.0, 3.0]]),
-                           jnp.stack([jnp.eye(2)] * 2))
+    start = GaussianParams(
+        jnp.array([0.5, 0.5]),
+        jnp.array([[0.0, 0.0], [3.0, 3.0]]),
+        jnp.stack([jnp.eye(2)] * 2),
+    )
     result = em.fit(family, X, start, max_iter=50)
     assert int(result.status) == em.NONFINITE
     assert not bool(result.converged)
@@ -236,9 +257,17 @@ def test_sharded_data_gives_the_same_fit():
             print("OK", len(Xs.sharding.device_set))
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK 4" in out.stdout

@@ -349,8 +349,13 @@ def test_moments_of_a_fit_equal_the_data_moments(covariance_type):
     X = DATA["wine"][:, :4]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = GaussianMixture(3, covariance_type=covariance_type, max_iter=5,
-                                reg_covar=1e-4, random_state=0).fit(X)
+        model = GaussianMixture(
+            3,
+            covariance_type=covariance_type,
+            max_iter=5,
+            reg_covar=1e-4,
+            random_state=0,
+        ).fit(X)
     np.testing.assert_allclose(model.mean(), X.mean(axis=0), rtol=1e-12)
     expected = np.cov(X.T, bias=True) + 1e-4 * np.eye(4)
     np.testing.assert_allclose(model.covariance(), expected, rtol=1e-10)
@@ -365,7 +370,9 @@ def test_impute_fills_missing_entries_with_conditional_means():
     row[0, 2] = np.nan
     row[1, :] = np.nan
     filled = model.impute(row)
-    expected = mu[2] + sigma[2, :2] @ np.linalg.solve(sigma[:2, :2], row[0, :2] - mu[:2])
+    expected = mu[2] + sigma[2, :2] @ np.linalg.solve(
+        sigma[:2, :2], row[0, :2] - mu[:2]
+    )
     assert filled[0, 2] == pytest.approx(expected, rel=1e-10)
     np.testing.assert_array_equal(filled[0, :2], X[0, :2])
     np.testing.assert_allclose(filled[1], model.mean(), rtol=1e-12)
