@@ -53,16 +53,11 @@ class Farthest(NamedTuple):
 def _take_largest(distances: Array, n_taken: int) -> Array:
     """Indices of the ``n_taken`` largest entries, largest first (first on ties).
 
-    XLA's CPU top-k is fast in float32 but sorts in float64, so float64
-    distances are first screened in float32 (rounding to float32 keeps the
-    order, up to ties) with twice the candidates, which are then ranked
-    exactly.
+    Ranked in float32: XLA's CPU top-k is fast in float32 but sorts in float64,
+    and the order of two candidates closer than float32's resolution does not
+    matter for re-seeding (scikit-learn does not order them at all).
     """
-    n = distances.shape[0]
-    if distances.dtype != jnp.float64 or n <= 2 * n_taken:
-        return jax.lax.top_k(distances, n_taken)[1]
-    screened = jax.lax.top_k(distances.astype(jnp.float32), 2 * n_taken)[1]
-    return screened[jax.lax.top_k(distances[screened], n_taken)[1]]
+    return jax.lax.top_k(distances.astype(jnp.float32), n_taken)[1]
 
 
 def farthest(
