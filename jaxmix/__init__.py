@@ -28,3 +28,5 @@ from jaxmix.batch import select_n_components as select_n_components
 from jaxmix.bernoulli_mixture import BernoulliMixture as BernoulliMixture
 from jaxmix.gaussian_mixture import GaussianMixture as GaussianMixture
 from jaxmix.gradient import fit_gradient as fit_gradient
+from jaxmix.kmeans import KMeans as KMeans
+from jaxmix.kmeans import KMedians as KMedians

@@ -6,3 +6,6 @@ from jaxmix.families.bernoulli import BernoulliStats as BernoulliStats
 from jaxmix.families.gaussian import Gaussian as Gaussian
 from jaxmix.families.gaussian import GaussianParams as GaussianParams
 from jaxmix.families.gaussian import GaussianStats as GaussianStats
+from jaxmix.families.isotropic import IsotropicGaussian as IsotropicGaussian
+from jaxmix.families.laplace import Laplace as Laplace
+from jaxmix.families.laplace import LaplaceParams as LaplaceParams
