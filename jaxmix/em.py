@@ -18,9 +18,10 @@ Optional: ``combine_statistics(a, b)`` replaces the addition of two chunks'
 statistics (the hard families also keep their farthest samples, merged by
 distance); ``additive_statistics = False`` says the statistics need all
 samples at once (medians), so the data is never split into chunks; and
-``hard_statistics(params, X, labels, weights)``, used in hard mode, must equal
-``statistics(params, X, one_hot(labels) * weights)`` without forming the (N, K)
-one-hot matrix (K-means: segment sums instead of a matrix product).
+``hard_statistics(params, X, labels, weights, log_joint)``, used in hard mode,
+must equal ``statistics(params, X, one_hot(labels) * weights)`` without forming
+the (N, K) one-hot matrix (K-means: segment sums instead of a matrix product);
+``log_joint`` (N,) is each sample's log joint density under its component.
 
 Static arguments (changing them recompiles): the family's structure (for the
 Gaussian family ``covariance_type`` and ``uniform_weights``), ``max_iter`` (it sizes
@@ -151,8 +152,9 @@ def _pass(family, params, X, weights, hard):
         # One-hot responsibilities given as labels: no (N, K) matrix to form.
         log_prob = log_joint(family, params, X)
         labels = first_argmax(log_prob)
-        stats = hard_statistics(params, X, labels, weights)
-        return stats, jnp.sum(weights * jnp.max(log_prob, axis=1))
+        best = jnp.max(log_prob, axis=1)
+        stats = hard_statistics(params, X, labels, weights, best)
+        return stats, jnp.sum(weights * best)
     resp, log_norm = e_step(family, params, X, hard=hard)
     resp = resp * weights[:, None]
     stats = family.statistics(params, X, resp)

@@ -4,9 +4,12 @@ Hard EM (K-means, K-medians) assigns every sample to one component. When a
 component ends an E-step with no samples, scikit-learn's rule re-seeds it at the
 samples farthest from their own centres; the statistics of the hard families
 carry those candidates (:class:`Farthest`) so that the M-step can do it without
-another pass over the data. Candidates from two blocks of samples are merged by
-keeping the farthest, which is how the engine combines these statistics across
-chunks.
+another pass over the data. "Farthest" is measured by the sample's cost under
+its own component, minus its log joint density, which the E-step has already
+computed: with equal weights and one shared variance (K-means) or scale
+(K-medians) it increases with the distance to the centre. Candidates from two
+blocks of samples are merged by keeping the costliest, which is how the engine
+combines these statistics across chunks.
 """
 
 from __future__ import annotations
@@ -39,49 +42,49 @@ def first_argmax(values: Array) -> Array:
 
 
 class Farthest(NamedTuple):
-    """The M samples farthest from their centres, farthest first.
+    """The M samples farthest from their centres (highest cost), farthest first.
 
-    Unused slots have distance −inf. Samples of zero weight are never candidates.
+    Unused slots have cost −inf. Samples of zero weight are never candidates.
     """
 
-    distances: Array  # (M,)  distance to the sample's own centre, descending
+    costs: Array  # (M,)  −log joint density under the sample's own component
     points: Array  # (M, D)
     labels: Array  # (M,)  int32 component the sample was assigned to
     weights: Array  # (M,)  sample weight
 
 
-def _take_largest(distances: Array, n_taken: int) -> Array:
+def _take_largest(costs: Array, n_taken: int) -> Array:
     """Indices of the ``n_taken`` largest entries, largest first (first on ties).
 
     Ranked in float32: XLA's CPU top-k is fast in float32 but sorts in float64,
     and the order of two candidates closer than float32's resolution does not
     matter for re-seeding (scikit-learn does not order them at all).
     """
-    return jax.lax.top_k(distances.astype(jnp.float32), n_taken)[1]
+    return jax.lax.top_k(costs.astype(jnp.float32), n_taken)[1]
 
 
 def farthest(
-    X: Array, distances: Array, labels: Array, weights: Array, n_kept: int
+    X: Array, costs: Array, labels: Array, weights: Array, n_kept: int
 ) -> Farthest:
-    """The ``n_kept`` samples of largest distance (zero-weight samples excluded).
+    """The ``n_kept`` samples of highest cost (zero-weight samples excluded).
 
     Args:
       X: samples, shape (N, D).
-      distances: distance of every sample to its own centre, shape (N,).
+      costs: every sample's cost under its own component, shape (N,).
       labels: the component of every sample, shape (N,).
       weights: sample weights, shape (N,).
       n_kept: M, the number of candidates kept (static).
     """
     n_samples = X.shape[0]
-    distances = jnp.where(weights > 0, distances, -jnp.inf)
-    index = _take_largest(distances, min(n_kept, n_samples))
+    costs = jnp.where(weights > 0, costs, -jnp.inf)
+    index = _take_largest(costs, min(n_kept, n_samples))
     kept = Farthest(
-        distances[index], X[index], labels[index].astype(jnp.int32), weights[index]
+        costs[index], X[index], labels[index].astype(jnp.int32), weights[index]
     )
-    pad = n_kept - kept.distances.shape[0]
+    pad = n_kept - kept.costs.shape[0]
     if pad:  # fewer samples than slots: the extra slots are unused
         kept = Farthest(
-            jnp.pad(kept.distances, (0, pad), constant_values=-jnp.inf),
+            jnp.pad(kept.costs, (0, pad), constant_values=-jnp.inf),
             jnp.pad(kept.points, ((0, pad), (0, 0))),
             jnp.pad(kept.labels, (0, pad)),
             jnp.pad(kept.weights, (0, pad)),
@@ -96,11 +99,11 @@ def merge_farthest(a: Farthest, b: Farthest) -> Farthest:
     list is its own index plus the number of entries of the other list ahead of
     it (``a``'s first on ties): a scatter instead of a sort.
     """
-    n_kept = a.distances.shape[0]
-    ahead_of_a = jnp.sum(b.distances[None, :] > a.distances[:, None], axis=1)
-    ahead_of_b = jnp.sum(a.distances[None, :] >= b.distances[:, None], axis=1)
+    n_kept = a.costs.shape[0]
+    ahead_of_a = jnp.sum(b.costs[None, :] > a.costs[:, None], axis=1)
+    ahead_of_b = jnp.sum(a.costs[None, :] >= b.costs[:, None], axis=1)
     place = jnp.concatenate(
-        [jnp.arange(n_kept) + ahead_of_a, jnp.arange(b.distances.shape[0]) + ahead_of_b]
+        [jnp.arange(n_kept) + ahead_of_a, jnp.arange(b.costs.shape[0]) + ahead_of_b]
     )
     both = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
     return jax.tree.map(
@@ -140,10 +143,10 @@ def relocation_slots(counts: Array, farthest: Array) -> tuple[Array, Array]:
       (K,) (meaningful where relocated); whether it is relocated, (K,) bool; and
       whether each candidate is used, (M,) bool.
     """
-    n_kept = farthest.distances.shape[0]
+    n_kept = farthest.costs.shape[0]
     empty = counts <= 0
     slot = jnp.cumsum(empty) - 1
-    available = farthest.distances > -jnp.inf
+    available = farthest.costs > -jnp.inf
     n_available = jnp.sum(available)
     relocated = empty & (slot < n_available)
     n_relocated = jnp.sum(relocated)

@@ -143,25 +143,38 @@ class IsotropicGaussian:
         """Counts, weighted sums, and the samples farthest from their centres.
 
         A sample's centre is Σ_k r_nk μ_k / Σ_k r_nk (for hard responsibilities
-        the one it is assigned to) and its component the most responsible one.
+        the one it is assigned to), its component the most responsible one, and
+        its cost minus its log joint density there.
         """
         counts = jnp.sum(resp, axis=0)
         sums = resp.T @ X
         centers, weights = _hard.assigned_centers(resp, params.means)
-        distances = jnp.sum(jnp.square(X - centers), axis=1)
         labels = _hard.first_argmax(resp)
-        far = _hard.farthest(X, distances, labels, weights, self.n_farthest)
+        variances = params.covariances[labels]
+        costs = 0.5 * (
+            jnp.sum(jnp.square(X - centers), axis=1) / variances
+            + X.shape[-1] * jnp.log(2 * math.pi * variances)
+        ) - jnp.log(params.weights[labels])
+        far = _hard.farthest(X, costs, labels, weights, self.n_farthest)
         return IsotropicStats(counts, sums, far)
 
     def hard_statistics(
-        self, params: GaussianParams, X: Array, labels: Array, weights: Array
+        self,
+        params: GaussianParams,
+        X: Array,
+        labels: Array,
+        weights: Array,
+        log_joint: Array,
     ) -> IsotropicStats:
-        """``statistics`` of one-hot responsibilities, by segment sums over labels."""
+        """``statistics`` of one-hot responsibilities, by segment sums over labels.
+
+        ``log_joint`` (N,) is each sample's log joint density under its
+        component, from the E-step: its negative is the re-seeding cost.
+        """
         n_components = params.means.shape[0]
         counts = jax.ops.segment_sum(weights, labels, n_components)
         sums = jax.ops.segment_sum(X * weights[:, None], labels, n_components)
-        distances = jnp.sum(jnp.square(X - params.means[labels]), axis=1)
-        far = _hard.farthest(X, distances, labels, weights, self.n_farthest)
+        far = _hard.farthest(X, -log_joint, labels, weights, self.n_farthest)
         return IsotropicStats(counts, sums, far)
 
     def combine_statistics(

@@ -185,13 +185,28 @@ class Laplace:
         sample weight); the M-step returns NaN otherwise.
         """
         weights = jnp.sum(resp, axis=1)
-        stats = self.hard_statistics(params, X, _hard.first_argmax(resp), weights)
+        labels = _hard.first_argmax(resp)
+        log_joint = jnp.take_along_axis(
+            self.log_component_density(params, X) + jnp.log(params.weights),
+            labels[:, None],
+            axis=1,
+        )[:, 0]
+        stats = self.hard_statistics(params, X, labels, weights, log_joint)
         return stats._replace(hard=jnp.all(jnp.max(resp, axis=1) == weights))
 
     def hard_statistics(
-        self, params: LaplaceParams, X: Array, labels: Array, weights: Array
+        self,
+        params: LaplaceParams,
+        X: Array,
+        labels: Array,
+        weights: Array,
+        log_joint: Array,
     ) -> LaplaceStats:
-        """``statistics`` of one-hot responsibilities given as labels and weights."""
+        """``statistics`` of one-hot responsibilities given as labels and weights.
+
+        ``log_joint`` (N,) is each sample's log joint density under its
+        component, from the E-step: its negative is the re-seeding cost.
+        """
         n_components = params.means.shape[0]
         if self.order is not None and self.order.shape != X.shape:
             raise ValueError(
@@ -201,8 +216,7 @@ class Laplace:
         order = sort_order(X) if self.order is None else self.order
         counts = jax.ops.segment_sum(weights, labels, n_components)
         medians = weighted_medians(X, order, labels, weights, n_components)
-        distances = jnp.sum(jnp.abs(X - params.means[labels]), axis=1)
-        far = _hard.farthest(X, distances, labels, weights, self.n_farthest)
+        far = _hard.farthest(X, -log_joint, labels, weights, self.n_farthest)
         return LaplaceStats(counts, medians, far, jnp.asarray(True))
 
     def m_step(self, stats: LaplaceStats, params: LaplaceParams) -> LaplaceParams:
