@@ -268,7 +268,9 @@ class _HardClustering(ParamsMixin):
             )
             n_init = 1
         # scikit-learn's tolerance: relative to the mean variance of the features.
-        tol = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * self.tol
+        tol = 0.0
+        if self.tol > 0:
+            tol = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * self.tol
         keys = jax.random.split(jax_key(self.random_state), n_init)
         with precision(X.dtype):
             family = self._family(X)
