@@ -25,13 +25,100 @@ import numpy as np
 Array = jax.Array
 
 
+_BLOCK = 32  # columns per diagonal block of the Cholesky factorisation
+
+
+def _cholesky_unblocked(matrix: Array) -> Array:
+    """Lower Cholesky factor by the outer-product algorithm, one column a step."""
+    index = jnp.arange(matrix.shape[-1])
+
+    def factor_column(j, carry):
+        # Column j of L from the updated trailing matrix, then remove its
+        # rank-one contribution.
+        trailing, lower = carry
+        pivot = jnp.sqrt(trailing[..., j, j])[..., None]
+        below = jnp.where(index > j, trailing[..., :, j] / pivot, 0)
+        column = below + jnp.where(index == j, pivot, 0)
+        lower = lower + column[..., :, None] * (index == j)
+        trailing = trailing - below[..., :, None] * below[..., None, :]
+        return trailing, lower
+
+    start = (matrix, jnp.zeros_like(matrix))
+    return jax.lax.fori_loop(0, matrix.shape[-1], factor_column, start)[1]
+
+
+def _invert_lower_unblocked(lower: Array) -> Array:
+    """L⁻¹ by forward substitution, one row a step."""
+    index = jnp.arange(lower.shape[-1])
+
+    def invert_row(i, inverse):
+        # Row i of L⁻¹ from L[i, :] · L⁻¹ = e_i; rows below i are still zero.
+        unit = (index == i).astype(lower.dtype)
+        rhs = unit - jnp.einsum("...k,...kd->...d", lower[..., i, :], inverse)
+        row = rhs / lower[..., i, i][..., None]
+        return inverse + row[..., None, :] * unit[:, None]
+
+    start = jnp.zeros_like(lower)
+    return jax.lax.fori_loop(0, lower.shape[-1], invert_row, start)
+
+
 def _cholesky_precision(covariance: Array) -> Array:
-    """Upper-triangular U with U Uᵀ = covariance⁻¹, by a triangular solve."""
-    lower = jnp.linalg.cholesky(covariance)
-    eye = jnp.eye(covariance.shape[-1], dtype=covariance.dtype)
-    eye = jnp.broadcast_to(eye, covariance.shape)
-    inv_lower = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
-    return jnp.swapaxes(inv_lower, -1, -2)
+    r"""Upper-triangular U with U Uᵀ = covariance⁻¹ (batched over leading axes).
+
+    U = L⁻ᵀ for the Cholesky factor L of the covariance, computed in plain XLA
+    rather than by LAPACK calls: on CPU, jax runs a batched LAPACK call through
+    scipy's OpenBLAS, whose threads then spin for milliseconds and took about a
+    third of the cycles of a two-core EM iteration (N=200k, D=32, K=16), and two
+    batched LAPACK calls running at once can deadlock a two-thread intra-op pool.
+
+    Blocked by 32 columns: each diagonal block is factored and inverted column
+    by column, the rest are matrix products (right-looking Cholesky, then the
+    inverse block row by block row: X_ii = L_ii⁻¹, X_i,<i = −X_ii L_i,<i X_<i,<i).
+    On one core this takes 0.5 ms for 16 matrices of 32×32 and 1.2-2x LAPACK's
+    time from D=128 to D=784. A matrix that is not positive definite gives NaN.
+    """
+    # Symmetrised like jnp.linalg.cholesky's input, so that derivatives with
+    # respect to the covariance are symmetric too.
+    covariance = 0.5 * (covariance + _t(covariance))
+    n_features = covariance.shape[-1]
+    starts = list(range(0, n_features, _BLOCK))
+    inverse_blocks, panels = [], []
+    trailing = covariance
+    for start in starts:
+        width = min(_BLOCK, n_features - start)
+        factor = _cholesky_unblocked(trailing[..., :width, :width])
+        inverse_blocks.append(_invert_lower_unblocked(factor))
+        if start + width < n_features:
+            # Rows of L below this diagonal block, and the Schur complement.
+            panel = trailing[..., width:, :width] @ _t(inverse_blocks[-1])
+            panels.append(panel)
+            trailing = trailing[..., width:, width:] - panel @ _t(panel)
+    inverse = inverse_blocks[0]  # L⁻¹ of the leading block rows, grown below
+    for i, start in enumerate(starts[1:], 1):
+        width = inverse_blocks[i].shape[-1]
+        # L[block row i, :start]: from each earlier block column's panel, whose
+        # first row is that block column's start + _BLOCK.
+        row = jnp.concatenate(
+            [
+                panels[c][..., start - starts[c] - _BLOCK :, :][..., :width, :]
+                for c in range(i)
+            ],
+            axis=-1,
+        )
+        below = -inverse_blocks[i] @ (row @ inverse)
+        zeros = jnp.zeros(inverse.shape[:-1] + (width,), inverse.dtype)
+        inverse = jnp.concatenate(
+            [
+                jnp.concatenate([inverse, zeros], axis=-1),
+                jnp.concatenate([below, inverse_blocks[i]], axis=-1),
+            ],
+            axis=-2,
+        )
+    return _t(inverse)
+
+
+def _t(matrix: Array) -> Array:
+    return jnp.swapaxes(matrix, -1, -2)
 
 
 def _log_diag_sum(prec_chol: Array) -> Array:
