@@ -162,8 +162,14 @@ def _pass(family, params, X, weights, hard):
 
 
 def default_chunk_size(n_components: int, n_features: int) -> int:
-    """Rows per block so that a block's N·K·D intermediates stay in cache."""
-    rows = (1 << 21) // max(1, n_components * n_features)
+    """Rows per block so that a block's N·K·D intermediates stay in cache.
+
+    2^19 elements (4 MiB in float64). Measured on a 2-core CPU with K·D = 512
+    (full and diagonal covariances): 1024-row blocks took 5-10% fewer cycles
+    than 2048-row blocks and up to half as many as 4096-row blocks in float64,
+    and no more than 512-row blocks.
+    """
+    rows = (1 << 19) // max(1, n_components * n_features)
     return int(min(max(rows, 256), 1 << 16))
 
 

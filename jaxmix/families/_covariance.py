@@ -127,6 +127,30 @@ def _log_diag_sum(prec_chol: Array) -> Array:
     return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
 
 
+def _map_components(one_component, xs, n_samples: int, n_features: int):
+    """``lax.map`` over components, several per step when each one is small.
+
+    Mapping keeps a component's (D, n) intermediates in cache, where one
+    broadcast over (K, D, n) streams them through memory; grouping components
+    (about 8k elements a step) keeps the loop overhead small for large K.
+    """
+    batch_size = max(1, 8192 // max(1, n_samples * n_features))
+    return jax.lax.map(
+        one_component, xs, batch_size=batch_size if batch_size > 1 else None
+    )
+
+
+def _diag_quadratic(X: Array, means: Array, precisions: Array) -> Array:
+    """Σ_d p_kd (x_nd − μ_kd)², shape (n, K), by direct differences."""
+    data_t = X.T  # (D, n): samples along the fast axis
+
+    def one_component(args):
+        mean_k, precision_k = args
+        return precision_k @ jnp.square(data_t - mean_k[:, None])
+
+    return _map_components(one_component, (means, precisions), *X.shape).T
+
+
 class _Full:
     """One full covariance matrix per component."""
 
@@ -153,26 +177,33 @@ class _Full:
 
     @staticmethod
     def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
-        # All components in one matrix product: (N, D) @ (D, K·D). Working
-        # relative to an origin near the data keeps X @ U and μ @ U from
-        # cancelling when the data sit far from zero.
+        # All components in one matrix product, (K·D, D) @ (D, n): samples run
+        # along the fast axis, so the product's output feeds the squared-norm
+        # reduction over D without a transpose. Working relative to an origin
+        # near the data keeps X U and μ U from cancelling far from zero.
         n_components, n_features = means.shape
-        stacked = jnp.transpose(prec_chol, (1, 0, 2)).reshape(
-            n_features, n_components * n_features
-        )
-        projected = ((X - origin) @ stacked).reshape(-1, n_components, n_features)
+        stacked = jnp.swapaxes(prec_chol, 1, 2).reshape(
+            n_components * n_features, n_features
+        )  # row (k, e) is column e of U_k
+        projected = (stacked @ (X - origin).T).reshape(n_components, n_features, -1)
         projected_means = jnp.einsum("kd,kde->ke", means - origin, prec_chol)
-        return jnp.sum(jnp.square(projected - projected_means), axis=-1)
+        return jnp.sum(jnp.square(projected - projected_means[:, :, None]), axis=1).T
 
     @staticmethod
     def second_moments(X: Array, resp: Array, shift: Array) -> tuple[Array, Array]:
-        # One (D, n) @ (n, D) product per component, mapped over components:
-        # measured faster than a single batched product of the same size.
+        # One (D, n) @ (n, D) product per component, each centred at its own
+        # shift, mapped over components. With the data transposed once to
+        # (D, n), both operands are contiguous along the contraction over
+        # samples; on CPU this measured about twice as fast as the (n, D)
+        # layout, and faster than one batched product over components.
+        data_t = X.T
+
         def one_component(args):
             resp_k, shift_k = args
-            centred = X - shift_k
-            weighted = centred * resp_k[:, None]
-            return jnp.sum(weighted, axis=0), weighted.T @ centred
+            centred = data_t - shift_k[:, None]
+            weighted = centred * resp_k[None, :]
+            second = jax.lax.dot_general(weighted, centred, (((1,), (1,)), ((), ())))
+            return jnp.sum(weighted, axis=1), second
 
         return jax.lax.map(one_component, (resp.T, shift))
 
@@ -286,16 +317,22 @@ class _Diag:
 
     @staticmethod
     def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
-        del origin
-        scaled = (X[:, None, :] - means[None]) * prec_chol[None]
-        return jnp.sum(jnp.square(scaled), axis=-1)
+        del origin  # direct differences need no reference point
+        return _diag_quadratic(X, means, jnp.square(prec_chol))
 
     @staticmethod
     def second_moments(X: Array, resp: Array, shift: Array):
-        centred = X[:, None, :] - shift[None]  # (N, K, D), fused by XLA
-        sums = jnp.einsum("nk,nkd->kd", resp, centred)
-        second = jnp.einsum("nk,nkd->kd", resp, jnp.square(centred))
-        return sums, second
+        # Direct differences from each component's shift, one component at a
+        # time (see _map_components): Σ_n r_nk (x_n − c_k) and its squares, as
+        # two matrix-vector products over the samples.
+        data_t = X.T
+
+        def one_component(args):
+            resp_k, shift_k = args
+            centred = data_t - shift_k[:, None]
+            return centred @ resp_k, jnp.square(centred) @ resp_k
+
+        return _map_components(one_component, (resp.T, shift), *X.shape)
 
     @staticmethod
     def covariances(second, counts, delta, total, reg_covar, shift):
@@ -328,8 +365,8 @@ class _Spherical:
     @staticmethod
     def mahalanobis(X: Array, means: Array, prec_chol: Array, origin: Array) -> Array:
         del origin
-        sq = jnp.sum(jnp.square(X[:, None, :] - means[None]), axis=-1)
-        return sq * jnp.square(prec_chol)[None]
+        precisions = jnp.broadcast_to(jnp.square(prec_chol)[:, None], means.shape)
+        return _diag_quadratic(X, means, precisions)
 
     second_moments = staticmethod(_Diag.second_moments)
 
