@@ -132,9 +132,9 @@ def _map_components(one_component, xs, n_samples: int, n_features: int):
 
     Mapping keeps a component's (D, n) intermediates in cache, where one
     broadcast over (K, D, n) streams them through memory; grouping components
-    (about 8k elements a step) keeps the loop overhead small for large K.
+    (up to 32k elements a step) keeps the loop overhead small for large K.
     """
-    batch_size = max(1, 8192 // max(1, n_samples * n_features))
+    batch_size = max(1, 32768 // max(1, n_samples * n_features))
     return jax.lax.map(
         one_component, xs, batch_size=batch_size if batch_size > 1 else None
     )
