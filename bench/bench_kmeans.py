@@ -62,8 +62,8 @@ def _timed(function):
 def bench_kmeans(X, start, n_iter, repeats, rows):
     from sklearn.cluster import KMeans as SkKMeans
 
-    import jaxmix.kmeans
-    from jaxmix import em
+    import jaxmix.estimators.kmeans
+    from jaxmix.engine import em
     from jaxmix.families import GaussianParams
     from jaxmix.families.isotropic import IsotropicGaussian
 
@@ -82,7 +82,7 @@ def bench_kmeans(X, start, n_iter, repeats, rows):
             ).fit(data)
 
         def estimator(data=data, centres=centres):
-            return jaxmix.kmeans.KMeans(
+            return jaxmix.estimators.kmeans.KMeans(
                 n_clusters, init=centres, max_iter=n_iter, tol=0
             ).fit(data)
 
@@ -103,7 +103,7 @@ def bench_kmeans(X, start, n_iter, repeats, rows):
                     max_iter=n_iter,
                     tol=0.0,
                     criterion="means",
-                    chunk_size=jaxmix.kmeans.lloyd_chunk_size(n_clusters),
+                    chunk_size=jaxmix.estimators.kmeans.lloyd_chunk_size(n_clusters),
                 )
 
             contenders = {
@@ -170,7 +170,7 @@ def numpy_kmedians_iteration(X, centres, weights, block=16384):
 
 
 def bench_kmedians(X, start, n_iter, repeats, rows):
-    from jaxmix import em
+    from jaxmix.engine import em
     from jaxmix.families.laplace import Laplace, LaplaceParams
 
     n_clusters = start.shape[0]

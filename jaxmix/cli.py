@@ -60,7 +60,7 @@ def _plot(model, X: np.ndarray, path: str) -> None:
 
 
 def _fit(args) -> int:
-    from jaxmix.gaussian_mixture import GaussianMixture
+    from jaxmix.estimators.gaussian_mixture import GaussianMixture
     from jaxmix.io import save_model
 
     X, source = _load_data(args.file)

@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from threadpoolctl import threadpool_limits
 
 import jaxmix
-from jaxmix import batch, em, initialization
+from jaxmix.engine import batch, em, initialization
 from jaxmix.families import Gaussian, GaussianParams
 
 N, D, K = 60, 2, 2

@@ -14,9 +14,9 @@ from scipy import stats
 from scipy.special import logsumexp, xlogy
 
 import jaxmix
-from jaxmix import em
-from jaxmix._mixture_base import _fit_restarts
-from jaxmix.bernoulli_mixture import BernoulliMixture
+from jaxmix.engine import em
+from jaxmix.estimators.base import _fit_restarts
+from jaxmix.estimators.bernoulli_mixture import BernoulliMixture
 from jaxmix.families import Bernoulli, BernoulliParams
 
 # One data shape and one max_iter per API for every fit: few compilations.

@@ -15,8 +15,8 @@ import pytest
 
 import jaxmix
 from jaxmix import check
+from jaxmix.engine.gradient import fit_gradient
 from jaxmix.families import Bernoulli, Gaussian, GaussianParams
-from jaxmix.gradient import fit_gradient
 
 K = 3
 

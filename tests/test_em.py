@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jaxmix
-from jaxmix import em
+from jaxmix.engine import em
 from jaxmix.families import Gaussian, GaussianParams
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")

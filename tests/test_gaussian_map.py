@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import jaxmix
-from jaxmix import GaussianMixture, em
-from jaxmix._mixture_base import _fit_restarts
+from jaxmix import GaussianMixture
+from jaxmix.engine import em
+from jaxmix.estimators.base import _fit_restarts
 from jaxmix.families import Gaussian, GaussianParams
 
 TYPES = ("full", "tied", "diag", "spherical")

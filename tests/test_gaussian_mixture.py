@@ -193,7 +193,7 @@ def test_n_init_keeps_the_best_restart(x64):
     # The estimator draws one key per restart from random_state; refitting each
     # restart alone through the functional API must find the estimator's pick
     # among them, and nothing better.
-    from jaxmix._validation import jax_key
+    from jaxmix.estimators.validation import jax_key
 
     X = DATA["wine"]
     with warnings.catch_warnings():

@@ -12,11 +12,11 @@ from conftest import real_datasets
 from sklearn.cluster import KMeans as SkKMeans
 
 import jaxmix
-from jaxmix import em
+from jaxmix.engine import em
+from jaxmix.estimators.kmeans import KMeans, KMedians
 from jaxmix.families import Gaussian, GaussianParams
 from jaxmix.families.isotropic import IsotropicGaussian
 from jaxmix.families.laplace import Laplace, LaplaceParams, sort_order
-from jaxmix.kmeans import KMeans, KMedians
 
 DATA = real_datasets()
 SKLEARN_CASES = {"iris": 4, "wine": 5, "breast_cancer": 6, "digits": 10}

@@ -7,7 +7,6 @@ fits are recomputed here through the public API.
 
 import numpy as np
 import pytest
-
 import regression_fits
 
 
@@ -21,4 +20,6 @@ def test_same_results_as_before_the_refactoring(recorded):
     now = regression_fits.compute()
     assert sorted(now) == sorted(recorded)
     for name, before in recorded.items():
-        np.testing.assert_allclose(now[name], before, rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            now[name], before, rtol=1e-12, atol=1e-12, err_msg=name
+        )

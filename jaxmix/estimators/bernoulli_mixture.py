@@ -7,8 +7,8 @@ import numbers
 import numpy as np
 
 from jaxmix import mixture
-from jaxmix._mixture_base import MixtureEstimator
-from jaxmix._validation import check_random_state, precision
+from jaxmix.estimators.base import MixtureEstimator
+from jaxmix.estimators.validation import check_random_state, precision
 from jaxmix.families.bernoulli import Bernoulli, BernoulliParams
 
 

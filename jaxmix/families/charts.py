@@ -1,7 +1,7 @@
 r"""Unconstrained coordinates for every family's parameters.
 
 The autodiff checks (:mod:`jaxmix.check`) and gradient fitting
-(:mod:`jaxmix.gradient`) work in coordinates where every value is feasible:
+(:mod:`jaxmix.engine.gradient`) work in coordinates where every value is feasible:
 
 - weights on the simplex through softmax coordinates ``u`` (π = softmax(u)),
   so a point is stationary under the constraint Σ π_k = 1 exactly when the
@@ -259,7 +259,7 @@ def charts(family, params) -> dict[str, Any]:
     except KeyError:
         raise ValueError(
             f"no unconstrained coordinates are registered for "
-            f"{type(params).__name__}; add an entry to jaxmix._coordinates.CHARTS"
+            f"{type(params).__name__}; add an entry to jaxmix.families.charts.CHARTS"
         ) from None
     return make(family)
 

@@ -5,7 +5,7 @@ and uniform weights (:class:`~jaxmix.families.isotropic.IsotropicGaussian`):
 one-hot responsibilities on the nearest centre, then the mean of each cluster.
 K-medians is hard EM of a Laplace mixture with a fixed scale
 (:class:`~jaxmix.families.laplace.Laplace`): nearest centre in L1, then the
-coordinate-wise median. Both run in :func:`jaxmix.em.fit` with ``hard=True``
+coordinate-wise median. Both run in :func:`jaxmix.engine.em.fit` with ``hard=True``
 and scikit-learn's stopping rule (``criterion="means"``); the ``n_init``
 restarts, their seeding and the final assignment are one vmapped compiled
 program.
@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import em
-from jaxmix._validation import (
+from jaxmix.engine import em
+from jaxmix.engine.initialization import kmeans_plusplus
+from jaxmix.estimators.validation import (
     ConvergenceWarning,
     ParamsMixin,
     check_array,
@@ -35,7 +36,6 @@ from jaxmix.families import _hard
 from jaxmix.families.gaussian import GaussianParams
 from jaxmix.families.isotropic import IsotropicGaussian, squared_distances
 from jaxmix.families.laplace import Laplace, LaplaceParams
-from jaxmix.initialization import kmeans_plusplus
 
 INIT_METHODS = ("k-means++", "random")
 

@@ -37,7 +37,7 @@ that changes the program changes:
 
 The component mask used by :func:`select_n_components` is a weight of exactly
 zero: the engine gives such a component −inf log weight (so no responsibility)
-and keeps its weight at zero through the M-step (:func:`jaxmix.em.keep_zero_weights`).
+and keeps its weight at zero through the M-step (:func:`jaxmix.engine.em.keep_zero_weights`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import em, initialization
+from jaxmix.engine import em, initialization
 
 Array = jax.Array
 
@@ -219,7 +219,7 @@ def fit_restarts(
       key: a JAX PRNG key.
       n_components: K (static).
       n_init: number of restarts R (static).
-      method: initialisation, one of ``jaxmix.initialization.INIT_METHODS``
+      method: initialisation, one of ``jaxmix.engine.initialization.INIT_METHODS``
         (static).
       max_iter: maximum EM iterations per restart (static).
       tol: convergence threshold on the change of the objective (traced).

@@ -2,7 +2,7 @@ r"""Fitting a mixture by gradient ascent on the log-likelihood: a baseline for E
 
 EM is a bound-optimisation method; the obvious alternative is to climb the
 log-likelihood directly with a first-order optimizer. :func:`fit_gradient` does
-that in the unconstrained coordinates of :mod:`jaxmix._coordinates` (softmax
+that in the unconstrained coordinates of :mod:`jaxmix.families.charts` (softmax
 weights, means in units of the data's standard deviation, Cholesky factors
 with log diagonal, log variances, logits), so every step is feasible.
 """
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmix import _coordinates, em
+from jaxmix.engine import em
+from jaxmix.families import charts as _coordinates
 
 Array = jax.Array
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import batch, em
-from jaxmix._validation import (
+from jaxmix.engine import batch, em
+from jaxmix.estimators.validation import (
     ConvergenceWarning,
     check_array,
     check_sample_weight,

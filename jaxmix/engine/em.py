@@ -48,15 +48,21 @@ CONVERGED = 1
 MAX_ITER = 2
 NONFINITE = 3
 CRITERIA = ("objective", "means")
-STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_ITER: "max_iter",
-                NONFINITE: "nonfinite"}
+STATUS_NAMES = {
+    RUNNING: "running",
+    CONVERGED: "converged",
+    MAX_ITER: "max_iter",
+    NONFINITE: "nonfinite",
+}
 
 
 class FitResult(NamedTuple):
     """Outcome of :func:`fit`."""
 
     params: Any  # the family's params after the last M-step
-    log_likelihood: Array  # ()  mean log-likelihood (+ log prior / N) at the last E-step
+    log_likelihood: (
+        Array  # ()  mean log-likelihood (+ log prior / N) at the last E-step
+    )
     n_iter: Array  # ()  E/M iterations run
     converged: Array  # ()  bool: the objective changed by less than tol
     status: Array  # ()  CONVERGED, MAX_ITER or NONFINITE
@@ -90,7 +96,7 @@ def keep_zero_weights(new_params, params):
     it a weight of about 1e-15 after one M-step. Setting those weights back to
     zero and renormalising the others keeps a masked component out of the fit,
     so a K-component model whose last components have weight zero is fitted
-    exactly like the smaller model (:func:`jaxmix.batch.select_n_components`).
+    exactly like the smaller model (:func:`jaxmix.engine.batch.select_n_components`).
     A no-op when every weight is positive.
     """
     active = params.weights > 0
@@ -123,8 +129,9 @@ def e_step(family, params, X: Array, *, hard: bool = False) -> tuple[Array, Arra
     return jnp.exp(log_prob - log_norm[:, None]), log_norm
 
 
-def m_step(family, X: Array, resp: Array, sample_weight: Array | None = None,
-           params=None):
+def m_step(
+    family, X: Array, resp: Array, sample_weight: Array | None = None, params=None
+):
     """Closed-form M-step from responsibilities.
 
     Args:
@@ -234,8 +241,19 @@ def _all_finite(tree) -> Array:
     return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
-def _fit(family, X, params, tol, sample_weight, initial_log_likelihood, *, max_iter,
-         hard, chunk_size, criterion="objective"):
+def _fit(
+    family,
+    X,
+    params,
+    tol,
+    sample_weight,
+    initial_log_likelihood,
+    *,
+    max_iter,
+    hard,
+    chunk_size,
+    criterion="objective",
+):
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     dtype = X.dtype
@@ -336,11 +354,19 @@ _fit_jit = jax.jit(
 )
 
 
-def fit(family, X: Array, params, *, max_iter: int = 100, tol: float = 1e-3,
-        sample_weight: Array | None = None, hard: bool = False,
-        chunk_size: int | None = None,
-        initial_log_likelihood: float = -jnp.inf,
-        criterion: str = "objective") -> FitResult:
+def fit(
+    family,
+    X: Array,
+    params,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    sample_weight: Array | None = None,
+    hard: bool = False,
+    chunk_size: int | None = None,
+    initial_log_likelihood: float = -jnp.inf,
+    criterion: str = "objective",
+) -> FitResult:
     r"""Fit a mixture by EM from ``params``, as one compiled ``lax.while_loop``.
 
     Each iteration computes the responsibilities at the current parameters, the

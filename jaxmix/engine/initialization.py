@@ -7,7 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxmix import em
+from jaxmix.engine import em
 from jaxmix.families.gaussian import Gaussian, GaussianParams
 
 Array = jax.Array

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix import batch, em, initialization
-from jaxmix._validation import (
+from jaxmix.engine import batch, em, initialization
+from jaxmix.estimators.validation import (
     ConvergenceWarning,
     ParamsMixin,
     check_array,
@@ -257,7 +257,7 @@ class MixtureEstimator(ParamsMixin):
           ``means_`` …, leading axis B), ``converged_``, ``n_iter_``,
           ``lower_bound_``, ``status_``; ``result[b]`` is a fitted estimator.
         """
-        from jaxmix import _fit_many
+        from jaxmix.estimators import fit_many as _fit_many
 
         return _fit_many.fit_many(self, datasets, sample_weight, batch_size)
 

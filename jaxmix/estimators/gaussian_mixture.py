@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmix import mixture
-from jaxmix._mixture_base import MixtureEstimator
-from jaxmix._validation import check_option, check_random_state, check_real, precision
+from jaxmix.estimators.base import MixtureEstimator
+from jaxmix.estimators.validation import (
+    check_option,
+    check_random_state,
+    check_real,
+    precision,
+)
 from jaxmix.families import _covariance
 from jaxmix.families.gaussian import Gaussian, GaussianParams
 

@@ -13,7 +13,7 @@ parameters. :func:`check_m_step` tests that claim numerically, in float64:
   coordinates (weights through softmax coordinates, which is the Lagrange
   condition for Σ π_k = 1; covariances through a Cholesky factor with log
   diagonal, so Σ stays symmetric positive definite; variances through their
-  logarithm; Bernoulli means through logits; see :mod:`jaxmix._coordinates`).
+  logarithm; Bernoulli means through logits; see :mod:`jaxmix.families.charts`).
   Coordinates are scaled by the data's standard deviation, so the gradient
   divided by N is dimensionless; a field fails when ``|∂Q/∂u|/N > rtol``;
 - **maximality**: Q does not increase at small random feasible perturbations
@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmix import _coordinates, em
+from jaxmix.engine import em
+from jaxmix.families import charts as _coordinates
 
 Array = jax.Array
 

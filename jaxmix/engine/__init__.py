@@ -1,0 +1,1 @@
+"""The EM engine and its drivers: one compiled fit, restarts, batches, sweeps."""
