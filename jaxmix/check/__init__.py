@@ -471,7 +471,7 @@ def check_m_step(
         else:
             returned = m_step(np.array(X), np.array(resp))
         values = _returned_fields(returned, params)
-        field_charts = _coordinates.charts(family, params)
+        field_charts = _coordinates.charts(family)
 
         problems = {}
         candidate = {}

@@ -37,7 +37,8 @@ that changes the program changes:
 
 The component mask used by :func:`select_n_components` is a weight of exactly
 zero: the engine gives such a component −inf log weight (so no responsibility)
-and keeps its weight at zero through the M-step (:func:`jaxmix.engine.em.keep_zero_weights`).
+and keeps its weight at zero through the M-step
+(:func:`jaxmix.engine.em.keep_zero_weights`).
 """
 
 from __future__ import annotations
@@ -78,34 +79,96 @@ class BatchResult(NamedTuple):
 # -- restarts ----------------------------------------------------------------------
 
 
-def _select_best(results: em.FitResult) -> tuple[em.FitResult, Array]:
-    """The member (leading axis) with the highest finite final objective."""
-    finite = (results.status != em.NONFINITE) & jnp.isfinite(results.log_likelihood)
-    objective = jnp.where(finite, results.log_likelihood, -jnp.inf)
-    index = jnp.argmax(objective)
+def select_best(results: em.FitResult, score: Array | None = None):
+    """The restart (leading axis) to keep: the one rule every driver uses.
+
+    The highest ``score`` among the restarts whose status is not ``NONFINITE``
+    and whose score is finite, the first on ties; restart 0 if there is none.
+    ``score`` defaults to the final objective ``results.log_likelihood``
+    (K-means passes minus the inertia of the final assignment).
+
+    Returns:
+      ``(best, index)``: the chosen member of ``results`` and its index.
+    """
+    score = results.log_likelihood if score is None else score
+    finite = (results.status != em.NONFINITE) & jnp.isfinite(score)
+    index = jnp.argmax(jnp.where(finite, score, -jnp.inf))
     return jax.tree.map(lambda leaf: leaf[index], results), index
+
+
+def fit_starts(
+    family,
+    X,
+    starts,
+    tol,
+    sample_weight,
+    initial_log_likelihood=-jnp.inf,
+    *,
+    max_iter,
+    hard=False,
+    criterion="objective",
+    chunk_size=None,
+    batch_size=None,
+) -> em.FitResult:
+    """EM from each of R starts (params batched over a leading axis), unjitted.
+
+    The fitting driver of every restart, batch and sweep: ``jax.vmap`` of
+    :func:`jaxmix.engine.em.run_em` over the starts, or, with ``batch_size``
+    smaller than R, groups of ``batch_size`` vmapped starts one after another
+    (``lax.map``). Call it inside a jitted program.
+    """
+
+    def one(start):
+        return em.run_em(
+            family,
+            X,
+            start,
+            tol,
+            sample_weight,
+            initial_log_likelihood,
+            max_iter=max_iter,
+            hard=hard,
+            chunk_size=chunk_size,
+            criterion=criterion,
+        )
+
+    n_starts = jax.tree.leaves(starts)[0].shape[0]
+    if batch_size is None or batch_size >= n_starts:
+        return jax.vmap(one)(starts)
+    return jax.lax.map(one, starts, batch_size=batch_size)
+
+
+fit_starts_jit = jax.jit(
+    fit_starts,
+    static_argnames=("max_iter", "hard", "criterion", "chunk_size", "batch_size"),
+)
+
+
+def fit_and_select(
+    family, X, starts, tol, sample_weight, initial_log_likelihood, *, max_iter
+) -> RestartsResult:
+    """:func:`fit_starts` from given starts, then :func:`select_best`."""
+    results = fit_starts(
+        family,
+        X,
+        starts,
+        tol,
+        sample_weight,
+        initial_log_likelihood,
+        max_iter=max_iter,
+    )
+    best, index = select_best(results)
+    return RestartsResult(best, results, index)
+
+
+fit_and_select_jit = jax.jit(fit_and_select, static_argnames=("max_iter",))
 
 
 def _replace_fields(params, overrides):
     return params._replace(**overrides) if overrides else params
 
 
-def _fit_one(family, X, start, tol, sample_weight, max_iter, hard, criterion):
-    return em._fit(
-        family,
-        X,
-        start,
-        tol,
-        sample_weight,
-        -jnp.inf,
-        max_iter=max_iter,
-        hard=hard,
-        chunk_size=None,
-        criterion=criterion,
-    )
-
-
-def _restarts(
+def initialize_and_fit(
     family,
     X,
     keys,
@@ -120,24 +183,40 @@ def _restarts(
     criterion="objective",
     batch_size=None,
 ) -> RestartsResult:
-    def one(key):
-        start = initialization._initialize(
+    """Initialise one start per key (fields in ``overrides`` replaced), fit, select.
+
+    Unjitted; :data:`initialize_and_fit_jit` is the compiled program.
+    """
+
+    def start(key):
+        params = initialization.initial_params(
             family, key, X, sample_weight, n_components=n_components, method=method
         )
-        start = _replace_fields(start, overrides)
-        return _fit_one(family, X, start, tol, sample_weight, max_iter, hard, criterion)
+        return _replace_fields(params, overrides)
 
     if batch_size is None or batch_size >= keys.shape[0]:
-        results = jax.vmap(one)(keys)
+        starts = jax.vmap(start)(keys)
     else:
-        # Groups of batch_size restarts vmapped, the groups one after another.
-        results = jax.lax.map(one, keys, batch_size=batch_size)
-    best, index = _select_best(results)
+        starts = jax.lax.map(start, keys, batch_size=batch_size)
+    results = fit_starts(
+        family,
+        X,
+        starts,
+        tol,
+        sample_weight,
+        max_iter=max_iter,
+        hard=hard,
+        criterion=criterion,
+        batch_size=batch_size,
+    )
+    best, index = select_best(results)
     return RestartsResult(best, results, index)
 
 
 _STATIC = ("n_components", "method", "max_iter", "hard", "criterion")
-_restarts_jit = jax.jit(_restarts, static_argnames=(*_STATIC, "batch_size"))
+initialize_and_fit_jit = jax.jit(
+    initialize_and_fit, static_argnames=(*_STATIC, "batch_size")
+)
 
 
 def _check_common(n_components, n_samples, method, max_iter, tol, n_init=1):
@@ -267,7 +346,7 @@ def fit_restarts(
     ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     keys = jax.random.split(key, n_init)
-    return _restarts_jit(
+    return initialize_and_fit_jit(
         family,
         X,
         keys,
@@ -314,7 +393,7 @@ def _many_from_keys(
     del n_init  # the shape of ``keys`` (B, R) carries it; static for the trace count
 
     def one(X, dataset_keys, weights):
-        result = _restarts(
+        result = initialize_and_fit(
             family,
             X,
             dataset_keys,
@@ -348,7 +427,17 @@ def _many_from_params(
 ):
     def one(X, start, weights):
         return _to_batch_result(
-            _fit_one(family, X, start, tol, weights, max_iter, hard, criterion)
+            em.run_em(
+                family,
+                X,
+                start,
+                tol,
+                weights,
+                -jnp.inf,
+                max_iter=max_iter,
+                hard=hard,
+                criterion=criterion,
+            )
         )
 
     return jax.vmap(one)(Xs, params, sample_weight)
@@ -639,7 +728,7 @@ def pad_datasets(
 @functools.partial(jax.jit, static_argnames=("n_components", "method"))
 def _initialize_restarts(family, keys, X, sample_weight, *, n_components, method):
     def one(key):
-        return initialization._initialize(
+        return initialization.initial_params(
             family, key, X, sample_weight, n_components=n_components, method=method
         )
 
@@ -674,20 +763,10 @@ def _sweep(family, X, starts, tol, sample_weight, *, max_iter):
     """Fit (K_max, R) masked starts; the best restart per K and its final score."""
 
     def one_size(size_starts):
-        def one(start):
-            return em._fit(
-                family,
-                X,
-                start,
-                tol,
-                sample_weight,
-                -jnp.inf,
-                max_iter=max_iter,
-                hard=False,
-                chunk_size=None,
-            )
-
-        best, index = _select_best(jax.vmap(one)(size_starts))
+        results = fit_starts(
+            family, X, size_starts, tol, sample_weight, max_iter=max_iter
+        )
+        best, index = select_best(results)
         log_norm = jax.nn.logsumexp(em.log_joint(family, best.params, X), axis=1)
         weights = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
         total = jnp.sum(weights * log_norm)

@@ -1,27 +1,13 @@
 r"""The EM engine: E-step, M-step and the compiled fitting loop.
 
-The engine works with any *family* object that provides
-
-- ``log_component_density(params, X) -> (N, K)``: log p(x_n | θ_k);
-- ``statistics(params, X, resp) -> stats``: additive sufficient statistics of
-  (sample-weighted) responsibilities; ``params`` is the current point, which the
-  family may use as a centring reference;
-- ``m_step(stats, params) -> params``: the closed-form (MAP) maximiser;
-- ``reference(X, resp) -> params``: a reference point when there are no params;
-- ``log_prior(params) -> scalar``: zero for maximum likelihood;
-
-and whose params have a ``weights`` field. Because the statistics are sums over
-samples, the same loop serves data in chunks and data sharded over devices: the
-chunks' statistics are added up (and XLA adds them across devices).
-
-Optional: ``combine_statistics(a, b)`` replaces the addition of two chunks'
-statistics (the hard families also keep their farthest samples, merged by
-distance); ``additive_statistics = False`` says the statistics need all
-samples at once (medians), so the data is never split into chunks; and
-``hard_statistics(params, X, labels, weights, log_joint)``, used in hard mode,
-must equal ``statistics(params, X, one_hot(labels) * weights)`` without forming
-the (N, K) one-hot matrix (K-means: segment sums instead of a matrix product);
-``log_joint`` (N,) is each sample's log joint density under its component.
+The engine works with any family of :class:`jaxmix.families.base.Family`: it
+calls the family's methods (log densities, statistics, M-step, prior, the
+optional translation, combination and hard statistics) and reads its
+class-level facts (``centred_fit``, ``additive_statistics``,
+``location_field``); it never asks which family it has. Because the
+statistics are sums over samples (or combine associatively), the same loop
+serves data in chunks and data sharded over devices: the chunks' statistics
+are combined (and XLA adds them across devices).
 
 Static arguments (changing them recompiles): the family's structure (for the
 Gaussian family ``covariance_type`` and ``uniform_weights``), ``max_iter`` (it sizes
@@ -154,13 +140,13 @@ def m_step(
 
 def _pass(family, params, X, weights, hard):
     """One E-step over a block of samples and its weighted statistics."""
-    hard_statistics = getattr(family, "hard_statistics", None) if hard else None
-    if hard_statistics is not None:
-        # One-hot responsibilities given as labels: no (N, K) matrix to form.
+    if hard:
+        # One-hot responsibilities given as labels: families that can avoid
+        # the (N, K) one-hot matrix do so in hard_statistics.
         log_prob = log_joint(family, params, X)
         labels = first_argmax(log_prob)
         best = jnp.max(log_prob, axis=1)
-        stats = hard_statistics(params, X, labels, weights, best)
+        stats = family.hard_statistics(params, X, labels, weights, best)
         return stats, jnp.sum(weights * best)
     resp, log_norm = e_step(family, params, X, hard=hard)
     resp = resp * weights[:, None]
@@ -198,10 +184,6 @@ def _chunked(X, weights, chunk_size):
     return X, weights
 
 
-def _add_statistics(a, b):
-    return jax.tree.map(jnp.add, a, b)
-
-
 def accumulate(family, params, X, weights, *, hard=False):
     """Statistics and summed log-likelihood over all samples, in blocks if needed.
 
@@ -211,28 +193,16 @@ def accumulate(family, params, X, weights, *, hard=False):
     if X.ndim == 2:
         return _pass(family, params, X, weights, hard)
 
-    combine = getattr(family, "combine_statistics", None)
-
     def add(carry, block):
         stats, total = _pass(family, params, block[0], block[1], hard)
-        return (combine or _add_statistics)(carry[0], stats), carry[1] + total
+        return family.combine_statistics(carry[0], stats), carry[1] + total
 
-    if combine is None:
-        # Sums start from zero, so the block computation is traced once: a
-        # peeled first block would duplicate it (twice the compile time) and,
-        # once XLA hoists the loop-invariant Cholesky factors out of the scan,
-        # leave two independent batched LAPACK calls that the CPU runtime may
-        # run at once; each waits on the intra-op pool for its batch, which
-        # deadlocks when the pool has two threads.
-        start = jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(lambda: _pass(family, params, X[0], weights[0], hard)),
-        )
-        blocks = (X, weights)
-    else:
-        start = _pass(family, params, X[0], weights[0], hard)
-        blocks = (X[1:], weights[1:])
-    out, _ = jax.lax.scan(lambda c, b: (add(c, b), None), start, blocks)
+    # The scan starts from the neutral statistics, so the block computation is
+    # traced once: a peeled first block would duplicate it (twice the compile
+    # time).
+    shapes = jax.eval_shape(lambda: _pass(family, params, X[0], weights[0], hard))
+    start = (family.empty_statistics(shapes[0]), jnp.zeros((), shapes[1].dtype))
+    out, _ = jax.lax.scan(lambda c, b: (add(c, b), None), start, (X, weights))
     return out
 
 
@@ -241,38 +211,10 @@ def _all_finite(tree) -> Array:
     return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
-def _fit(
-    family,
-    X,
-    params,
-    tol,
-    sample_weight,
-    initial_log_likelihood,
-    *,
-    max_iter,
-    hard,
-    chunk_size,
-    criterion="objective",
-):
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    dtype = X.dtype
+def _blocks(family, X, weights, chunk_size, n_components):
+    """The data as one block (N, D) or as (B, C, D) blocks, with their weights."""
     n_samples, n_features = X.shape
-    n_components = params.weights.shape[0]
-    weights = (
-        jnp.ones((n_samples,), dtype)
-        if sample_weight is None
-        else jnp.asarray(sample_weight, dtype)
-    )
-    total_weight = jnp.sum(weights)
-    # Location families are fitted around the data's mean (and moved back at
-    # the end): float32 means then keep their digits far from the origin.
-    translate = getattr(family, "translate", None)
-    if translate is not None:
-        origin = (weights @ X) / total_weight
-        X = X - origin
-        family, params = translate(params, -origin)
-    if not getattr(family, "additive_statistics", True):
+    if not family.additive_statistics:
         # Statistics that are neither sums nor combinable (e.g. medians) need
         # every sample in one block.
         if chunk_size is not None and chunk_size < n_samples:
@@ -281,52 +223,100 @@ def _fit(
                 "statistics are not sums over samples); got chunk_size="
                 f"{chunk_size} < n_samples={n_samples}"
             )
-        chunk_size = n_samples
+        return X, weights
     if chunk_size is None:
-        chunk_size = default_chunk_size(n_components, n_features, dtype)
+        chunk_size = default_chunk_size(n_components, n_features, X.dtype)
     if n_samples > chunk_size:
-        data, data_weights = _chunked(X, weights, chunk_size)
+        return _chunked(X, weights, chunk_size)
+    return X, weights
+
+
+def _status(finite, done, n_iter, max_iter) -> Array:
+    """NONFINITE before CONVERGED before MAX_ITER; RUNNING otherwise."""
+    return jnp.where(
+        ~finite,
+        NONFINITE,
+        jnp.where(done, CONVERGED, jnp.where(n_iter >= max_iter, MAX_ITER, RUNNING)),
+    ).astype(jnp.int32)
+
+
+def _em_iteration(
+    family, data, data_weights, total_weight, tol, state, *, max_iter, hard, criterion
+) -> _LoopState:
+    """One E-step and M-step from the loop state, with the stopping decision."""
+    stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
+    objective = (ll_sum + family.log_prior(state.params)) / total_weight
+    new_params = keep_zero_weights(family.m_step(stats, state.params), state.params)
+    finite = jnp.isfinite(objective) & _all_finite(new_params)
+    if criterion == "means":
+        new_means = family.location(new_params)
+        old_means = family.location(state.params)
+        shift = jnp.sum(jnp.square(new_means - old_means))
+        # Equal means also count: XLA may fuse the M-step's product into
+        # the difference above (one FMA) and leave an ulp of round-off.
+        done = (shift <= tol) | jnp.all(new_means == old_means)
     else:
-        data, data_weights = X, weights
-    tol = jnp.asarray(tol, dtype)
+        done = jnp.abs(objective - state.log_likelihood) < tol
+    n_iter = state.n_iter + 1
+    params = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), new_params, state.params
+    )
+    return _LoopState(
+        params=params,
+        log_likelihood=objective,
+        n_iter=n_iter,
+        status=_status(finite, done, n_iter, max_iter),
+        trace=state.trace.at[state.n_iter].set(objective),
+    )
 
-    def cond(state):
-        return state.status == RUNNING
 
-    def body(state):
-        stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
-        objective = (ll_sum + family.log_prior(state.params)) / total_weight
-        new_params = keep_zero_weights(family.m_step(stats, state.params), state.params)
-        finite = jnp.isfinite(objective) & _all_finite(new_params)
-        n_iter = state.n_iter + 1
-        if criterion == "means":
-            shift = jnp.sum(jnp.square(new_params.means - state.params.means))
-            # Equal means also count: XLA may fuse the M-step's product into
-            # the difference above (one FMA) and leave an ulp of round-off.
-            unchanged = jnp.all(new_params.means == state.params.means)
-            done = (shift <= tol) | unchanged
-        else:
-            done = jnp.abs(objective - state.log_likelihood) < tol
-        status = jnp.where(
-            ~finite,
-            NONFINITE,
-            jnp.where(
-                done,
-                CONVERGED,
-                jnp.where(n_iter >= max_iter, MAX_ITER, RUNNING),
-            ),
-        )
-        params = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), new_params, state.params
-        )
-        return _LoopState(
-            params=params,
-            log_likelihood=objective,
-            n_iter=n_iter,
-            status=status.astype(jnp.int32),
-            trace=state.trace.at[state.n_iter].set(objective),
-        )
+def run_em(
+    family,
+    X,
+    params,
+    tol,
+    sample_weight,
+    initial_log_likelihood,
+    *,
+    max_iter,
+    hard=False,
+    chunk_size=None,
+    criterion="objective",
+) -> FitResult:
+    """:func:`fit` without the jit: the fitting loop that every driver composes.
 
+    Arguments as in :func:`fit` (positional up to ``initial_log_likelihood``);
+    call it inside a jitted program.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    dtype = X.dtype
+    n_samples, n_features = X.shape
+    weights = (
+        jnp.ones((n_samples,), dtype)
+        if sample_weight is None
+        else jnp.asarray(sample_weight, dtype)
+    )
+    total_weight = jnp.sum(weights)
+    # Location families are fitted around the data's mean (and moved back at
+    # the end): float32 means then keep their digits far from the origin.
+    if family.centred_fit:
+        origin = (weights @ X) / total_weight
+        X = X - origin
+        family, params = family.translate(params, -origin)
+    n_components = params.weights.shape[0]
+    data, data_weights = _blocks(family, X, weights, chunk_size, n_components)
+    iteration = functools.partial(
+        _em_iteration,
+        family,
+        data,
+        data_weights,
+        total_weight,
+        jnp.asarray(tol, dtype),
+        max_iter=max_iter,
+        hard=hard,
+        criterion=criterion,
+    )
     start = _LoopState(
         params=params,
         log_likelihood=jnp.asarray(initial_log_likelihood, dtype),
@@ -335,10 +325,10 @@ def _fit(
         # one spare slot so the body traces even when max_iter is 0
         trace=jnp.full((max_iter + 1,), jnp.nan, dtype),
     )
-    final = jax.lax.while_loop(cond, body, start)
+    final = jax.lax.while_loop(lambda state: state.status == RUNNING, iteration, start)
     params = final.params
-    if translate is not None:
-        _, params = translate(params, origin)
+    if family.centred_fit:
+        _, params = family.translate(params, origin)
     return FitResult(
         params=params,
         log_likelihood=final.log_likelihood,
@@ -350,7 +340,7 @@ def _fit(
 
 
 _fit_jit = jax.jit(
-    _fit, static_argnames=("max_iter", "hard", "chunk_size", "criterion")
+    run_em, static_argnames=("max_iter", "hard", "chunk_size", "criterion")
 )
 
 

@@ -75,6 +75,27 @@ def kmeans_plusplus(
     return X[indices], indices
 
 
+SEEDING_METHODS = ("k-means++", "random_from_data")
+
+
+def seed_indices(key, X, sample_weight, n_components: int, method: str) -> Array:
+    """Indices of K samples to start from: k-means++ seeds or K distinct samples.
+
+    ``"random_from_data"`` draws K distinct samples with probability
+    proportional to their weight (uniformly without weights).
+    """
+    if method == "k-means++":
+        return kmeans_plusplus(key, X, n_components, sample_weight)[1]
+    if method != "random_from_data":
+        raise ValueError(f"method must be one of {SEEDING_METHODS}, got {method!r}")
+    probabilities = None
+    if sample_weight is not None:
+        probabilities = sample_weight / jnp.sum(sample_weight)
+    return jax.random.choice(
+        key, X.shape[0], (n_components,), replace=False, p=probabilities
+    )
+
+
 def _lloyd_labels(X, centers, weights, max_iter=300):
     """Labels of Lloyd's K-means: hard EM of an isotropic, fixed-variance Gaussian."""
     family = Gaussian("spherical", variance=1.0, uniform_weights=True)
@@ -95,7 +116,7 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
     # Lloyd's loop for max_iter iterations. Ten epsilons absorb it.
     relative = max(1e-8, 10 * float(jnp.finfo(X.dtype).eps))
     tol = relative * jnp.mean(spread) + jnp.finfo(X.dtype).tiny
-    result = em._fit(
+    result = em.run_em(
         family,
         X,
         params,
@@ -110,7 +131,8 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
     return resp
 
 
-def _initialize(family, key, X, sample_weight, *, n_components, method):
+def initial_params(family, key, X, sample_weight, *, n_components, method):
+    """:func:`initialize` without the jit or the checks (inside compiled programs)."""
     n_samples = X.shape[0]
     if method == "kmeans":
         weights = (
@@ -118,28 +140,19 @@ def _initialize(family, key, X, sample_weight, *, n_components, method):
         )
         centers, _ = kmeans_plusplus(key, X, n_components, sample_weight)
         resp = _lloyd_labels(X, centers, weights)
-    elif method == "k-means++":
-        _, indices = kmeans_plusplus(key, X, n_components, sample_weight)
+    elif method in SEEDING_METHODS:
+        indices = seed_indices(key, X, sample_weight, n_components, method)
         resp = jnp.zeros((n_samples, n_components), X.dtype)
         resp = resp.at[indices, jnp.arange(n_components)].set(1.0)
     elif method == "random":
         resp = jax.random.uniform(key, (n_samples, n_components), X.dtype)
         resp = resp / jnp.sum(resp, axis=1, keepdims=True)
-    elif method == "random_from_data":
-        probabilities = None
-        if sample_weight is not None:
-            probabilities = sample_weight / jnp.sum(sample_weight)
-        indices = jax.random.choice(
-            key, n_samples, (n_components,), replace=False, p=probabilities
-        )
-        resp = jnp.zeros((n_samples, n_components), X.dtype)
-        resp = resp.at[indices, jnp.arange(n_components)].set(1.0)
     else:
         raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}")
     return em.m_step(family, X, resp, sample_weight)
 
 
-_initialize_jit = jax.jit(_initialize, static_argnames=("n_components", "method"))
+_initialize_jit = jax.jit(initial_params, static_argnames=("n_components", "method"))
 
 
 def initialize(

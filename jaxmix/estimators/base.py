@@ -8,7 +8,6 @@ scoring methods.
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import jax
@@ -27,26 +26,6 @@ from jaxmix.estimators.validation import (
     jax_key,
     precision,
 )
-
-
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def _fit_restarts(
-    family, X, params, tol, sample_weight, initial_log_likelihood, *, max_iter
-):
-    def one(start):
-        return em._fit(
-            family,
-            X,
-            start,
-            tol,
-            sample_weight,
-            initial_log_likelihood,
-            max_iter=max_iter,
-            hard=False,
-            chunk_size=None,
-        )
-
-    return jax.vmap(one)(params)
 
 
 @jax.jit
@@ -135,7 +114,7 @@ class MixtureEstimator(ParamsMixin):
                 starts = jax.tree.map(
                     lambda a: jnp.broadcast_to(a, (n_init, *a.shape)), start
                 )
-                results = _fit_restarts(
+                results = batch.fit_and_select_jit(
                     family,
                     data,
                     starts,
@@ -145,18 +124,18 @@ class MixtureEstimator(ParamsMixin):
                     max_iter=self.max_iter,
                 )
             results = jax.device_get(results)
-        self._select_best(results, X.dtype, results.n_iter.shape[0])
+        self._keep_best(results, X.dtype)
         self.n_features_in_ = X.shape[1]
         return X
 
-    def _initialize_and_fit(self, family, data, weights, user) -> em.FitResult:
+    def _initialize_and_fit(self, family, data, weights, user) -> batch.RestartsResult:
         n_samples, n_features = data.shape
         keys = jax.random.split(jax_key(self.random_state), self.n_init)
         group = min(
             self.n_init,
             batch.default_batch_size(n_samples, self.n_components, n_features),
         )
-        return batch._restarts_jit(
+        return batch.initialize_and_fit_jit(
             family,
             data,
             keys,
@@ -167,17 +146,14 @@ class MixtureEstimator(ParamsMixin):
             method=self.init_params,
             max_iter=self.max_iter,
             batch_size=group,
-        ).all
+        )
 
-    def _select_best(self, results, dtype, n_init) -> None:
-        finite = results.status != em.NONFINITE
-        if not finite.any():
+    def _keep_best(self, restarts: batch.RestartsResult, dtype) -> None:
+        """Set the fitted attributes from the restart the driver selected."""
+        results, best = restarts.all, int(restarts.best_index)
+        n_init = results.n_iter.shape[0]
+        if not np.any(results.status != em.NONFINITE):
             raise ValueError(self._nonfinite_message)
-        objective = np.where(finite, results.log_likelihood, -np.inf)
-        if self.max_iter == 0:
-            best = 0
-        else:
-            best = int(np.argmax(objective))
         params = jax.tree.map(
             lambda a: np.asarray(a[best], dtype=dtype), results.params
         )
@@ -185,7 +161,9 @@ class MixtureEstimator(ParamsMixin):
         n_iter = int(results.n_iter[best])
         self.n_iter_ = n_iter
         self.converged_ = bool(results.converged[best])
-        self.lower_bound_ = float(objective[best]) if self.max_iter > 0 else -np.inf
+        self.lower_bound_ = (
+            float(results.log_likelihood[best]) if self.max_iter > 0 else -np.inf
+        )
         self.lower_bounds_ = [float(v) for v in results.trace[best, :n_iter]]
         if self.verbose:
             self._print_verbose(results, n_init)

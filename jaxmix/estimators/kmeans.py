@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.engine import em
-from jaxmix.engine.initialization import kmeans_plusplus
+from jaxmix.engine import batch, em, initialization
 from jaxmix.estimators.validation import (
     ConvergenceWarning,
     ParamsMixin,
@@ -33,31 +32,11 @@ from jaxmix.estimators.validation import (
     precision,
 )
 from jaxmix.families import _hard
-from jaxmix.families.gaussian import GaussianParams
-from jaxmix.families.isotropic import IsotropicGaussian, squared_distances
-from jaxmix.families.laplace import Laplace, LaplaceParams
+from jaxmix.families.isotropic import IsotropicGaussian
+from jaxmix.families.laplace import Laplace
 
-INIT_METHODS = ("k-means++", "random")
-
-
-def _start(family, centers):
-    """The family's params with these centres, uniform weights and unit scale."""
-    n_clusters = centers.shape[0]
-    weights = jnp.full((n_clusters,), 1.0 / n_clusters, centers.dtype)
-    ones = jnp.ones((n_clusters,), centers.dtype)
-    if isinstance(family, Laplace):
-        return LaplaceParams(weights, centers, ones)
-    return GaussianParams(weights, centers, ones)
-
-
-def _distances(family, X, centers):
-    """The cost of every sample at every centre, shape (N, K).
-
-    Squared Euclidean (by matrix products) for K-means, L1 for K-medians.
-    """
-    if isinstance(family, Laplace):
-        return jnp.sum(jnp.abs(X[:, None, :] - centers[None]), axis=-1)
-    return squared_distances(X, centers)
+# scikit-learn's names for the seeding methods of jaxmix.initialize.
+_SEEDING = {"k-means++": "k-means++", "random": "random_from_data"}
 
 
 def _blocks(function, X, n_clusters):
@@ -77,27 +56,17 @@ def _assign(family, X, centers, weights):
     n_clusters = centers.shape[0]
 
     def nearest(rows):
-        labels = _hard.first_argmax(-_distances(family, rows, centers))
-        # The cost itself from direct differences: exact for the inertia.
-        diff = rows - centers[labels]
-        if isinstance(family, Laplace):
-            return labels, jnp.sum(jnp.abs(diff), axis=1)
-        return labels, jnp.sum(jnp.square(diff), axis=1)
+        labels = _hard.first_argmax(-family.assignment_cost(rows, centers))
+        # Each sample's cost at its own centre alone: one pair at a time, the
+        # cost is computed from direct differences, exact for the inertia.
+        costs = jax.vmap(lambda x, c: family.assignment_cost(x[None], c[None])[0, 0])(
+            rows, centers[labels]
+        )
+        return labels, costs
 
     labels, costs = _blocks(nearest, X, n_clusters)
     total = jnp.sum(costs) if weights is None else weights @ costs
     return labels, total
-
-
-def _seed(key, X, weights, *, n_clusters, init):
-    if init == "k-means++":
-        centers, _ = kmeans_plusplus(key, X, n_clusters, weights)
-        return centers
-    probabilities = None if weights is None else weights / jnp.sum(weights)
-    index = jax.random.choice(
-        key, X.shape[0], (n_clusters,), replace=False, p=probabilities
-    )
-    return X[index]
 
 
 def lloyd_chunk_size(n_clusters: int) -> int:
@@ -119,30 +88,31 @@ def lloyd_chunk_size(n_clusters: int) -> int:
 def _fit_restarts(
     family, X, weights, keys, centers, tol, *, n_clusters, init, max_iter, chunk_size
 ):
-    """All restarts at once: seed, hard EM, final assignment (vmapped over keys)."""
+    """All restarts at once: seed, hard EM, final assignment; the lowest inertia."""
 
-    def one(key):
-        start = (
-            centers
-            if init is None
-            else _seed(key, X, weights, n_clusters=n_clusters, init=init)
-        )
-        result = em._fit(
-            family,
-            X,
-            _start(family, start),
-            tol,
-            weights,
-            -jnp.inf,
-            max_iter=max_iter,
-            hard=True,
-            chunk_size=chunk_size,
-            criterion="means",
-        )
-        labels, inertia = _assign(family, X, result.params.means, weights)
-        return result.params.means, labels, inertia, result.n_iter, result.status
+    def seed(key):
+        if init is None:
+            return family.params_at(centers)
+        index = initialization.seed_indices(key, X, weights, n_clusters, _SEEDING[init])
+        return family.params_at(X[index])
 
-    return jax.vmap(one)(keys)
+    starts = jax.vmap(seed)(keys)
+    results = batch.fit_starts(
+        family,
+        X,
+        starts,
+        tol,
+        weights,
+        max_iter=max_iter,
+        hard=True,
+        criterion="means",
+        chunk_size=chunk_size,
+    )
+    labels, inertia = jax.vmap(lambda p: _assign(family, X, p.means, weights))(
+        results.params
+    )
+    best, index = batch.select_best(results, score=-inertia)
+    return best.params.means, labels[index], inertia[index], best.n_iter, best.status
 
 
 @jax.jit
@@ -156,13 +126,10 @@ def _score(family, X, centers, weights):
 
 
 @jax.jit
-def _transform(family, X, centers):
-    distances = _blocks(
-        lambda rows: _distances(family, rows, centers), X, centers.shape[0]
+def _costs(family, X, centers):
+    return _blocks(
+        lambda rows: family.assignment_cost(rows, centers), X, centers.shape[0]
     )
-    if isinstance(family, Laplace):
-        return distances
-    return jnp.sqrt(distances)
 
 
 class _HardClustering(ParamsMixin):
@@ -197,9 +164,9 @@ class _HardClustering(ParamsMixin):
     def _check_init(self, X: np.ndarray):
         """None and the method, or the user's centres and None."""
         if isinstance(self.init, str):
-            if self.init not in INIT_METHODS:
+            if self.init not in _SEEDING:
                 raise ValueError(
-                    f"init must be one of {INIT_METHODS} or an array of shape "
+                    f"init must be one of {tuple(_SEEDING)} or an array of shape "
                     f"(n_clusters, n_features), got {self.init!r}"
                 )
             return None, self.init
@@ -207,7 +174,7 @@ class _HardClustering(ParamsMixin):
             centers = np.asarray(self.init, dtype=np.float64)
         except (TypeError, ValueError) as error:
             raise ValueError(
-                f"init must be one of {INIT_METHODS} or an array of centres: {error}"
+                f"init must be one of {tuple(_SEEDING)} or an array of centres: {error}"
             ) from None
         if centers.shape != (self.n_clusters, X.shape[1]):
             raise ValueError(
@@ -288,13 +255,12 @@ class _HardClustering(ParamsMixin):
                 chunk_size=self._chunk_size(X.shape[0]),
             )
             means, labels, inertia, n_iter, status = jax.device_get(results)
-        best = int(np.argmin(inertia))
-        self.cluster_centers_ = np.asarray(means[best], dtype=X.dtype)
-        self.labels_ = np.asarray(labels[best], dtype=np.int32)
-        self.inertia_ = float(inertia[best])
-        self.n_iter_ = int(n_iter[best])
+        self.cluster_centers_ = np.asarray(means, dtype=X.dtype)
+        self.labels_ = np.asarray(labels, dtype=np.int32)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
         self.n_features_in_ = X.shape[1]
-        self._converged = bool(status[best] == em.CONVERGED)
+        self._converged = bool(status == em.CONVERGED)
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
@@ -319,7 +285,7 @@ class _HardClustering(ParamsMixin):
 
     def transform(self, X) -> np.ndarray:
         """Distances of every sample to every centre, shape (N, K)."""
-        return self._run(_transform, X)
+        return self._distance(self._run(_costs, X))
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the objective on X (minus the inertia)."""
@@ -375,6 +341,10 @@ class KMeans(_HardClustering):
     def _family(self, X):
         del X
         return IsotropicGaussian(variance=1.0, uniform_weights=True)
+
+    @staticmethod
+    def _distance(costs: np.ndarray) -> np.ndarray:
+        return np.sqrt(costs)  # the cost is the squared Euclidean distance
 
     def _chunk_size(self, n_samples: int) -> int | None:
         chunk = lloyd_chunk_size(self.n_clusters)
@@ -432,6 +402,10 @@ class KMedians(_HardClustering):
             tol=tol,
             random_state=random_state,
         )
+
+    @staticmethod
+    def _distance(costs: np.ndarray) -> np.ndarray:
+        return costs  # the cost is the L1 distance
 
     def _family(self, X):
         if X is None:  # assignment only: no medians, no sorting

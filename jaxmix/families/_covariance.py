@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmix.families import charts
+
 Array = jax.Array
 
 
@@ -154,6 +156,8 @@ def _diag_quadratic(X: Array, means: Array, precisions: Array) -> Array:
 class _Full:
     """One full covariance matrix per component."""
 
+    chart = charts.Cholesky
+
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
         return (n_components, n_features, n_features)
@@ -223,6 +227,8 @@ class _Full:
 
 class _Tied:
     """One covariance matrix shared by all components, normalised by N."""
+
+    chart = charts.TiedCholesky
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
@@ -294,6 +300,8 @@ class _Tied:
 class _Diag:
     """One diagonal covariance per component."""
 
+    chart = charts.LogVariance
+
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:
         return (n_components, n_features)
@@ -346,6 +354,8 @@ class _Diag:
 
 class _Spherical:
     """One variance per component, shared by all features."""
+
+    chart = charts.SphericalLogVariance
 
     @staticmethod
     def shape(n_components: int, n_features: int) -> tuple[int, ...]:

@@ -92,6 +92,14 @@ def farthest(
     return kept
 
 
+def empty_statistics(shapes):
+    """Zero statistics whose ``farthest`` candidates are all unused (cost −inf)."""
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    far = zeros.farthest
+    costs = jnp.full(far.costs.shape, -jnp.inf, far.costs.dtype)
+    return zeros._replace(farthest=far._replace(costs=costs))
+
+
 def merge_farthest(a: Farthest, b: Farthest) -> Farthest:
     """The farthest candidates of two blocks together (an associative merge).
 

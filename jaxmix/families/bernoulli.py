@@ -11,18 +11,19 @@ Values strictly between 0 and 1 are accepted too (they enter as expected counts)
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import betaln, xlog1py, xlogy
 
+from jaxmix.families import charts
 from jaxmix.families._weights import (
     guarded_counts,
     log_dirichlet,
     update_weights_map,
 )
+from jaxmix.families.base import Family, family, static
 
 Array = jax.Array
 
@@ -46,8 +47,8 @@ def _safe_log(values: Array, valid: Array) -> Array:
     return jnp.where(valid, jnp.log(jnp.where(valid, values, 1.0)), 0.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class Bernoulli:
+@family
+class Bernoulli(Family):
     r"""Specification of a mixture-of-Bernoullis family.
 
     The priors are traced pytree leaves (changing their strength does not
@@ -71,9 +72,12 @@ class Bernoulli:
       194
     """
 
+    params_type = BernoulliParams
+    location_field = "means"
+
     weight_concentration: Any = None
     mean_prior: Any = None
-    uniform_weights: bool = False
+    uniform_weights: bool = static(False)
 
     def __post_init__(self):
         if self.mean_prior is not None and (
@@ -92,6 +96,19 @@ class Bernoulli:
         if not self.uniform_weights:
             count += n_components - 1
         return count
+
+    def charts(self):
+        """Softmax coordinates for learned weights, logits for the means."""
+        free = {} if self.uniform_weights else {"weights": charts.Simplex}
+        return {**free, "means": charts.Probability}
+
+    def check_data(self, X) -> None:
+        low, high = X.min(), X.max()
+        if low < 0 or high > 1:
+            raise ValueError(
+                "A Bernoulli mixture needs binary data with values in [0, 1], but X "
+                f"has values in [{low:g}, {high:g}]; binarize it first (e.g. X > t)"
+            )
 
     def log_component_density(self, params: BernoulliParams, X: Array) -> Array:
         r"""log p(x_n | θ_k) for every sample and component, shape (N, K).
@@ -166,10 +183,3 @@ class Bernoulli:
                 - betaln(a, b)
             )
         return total
-
-
-jax.tree_util.register_dataclass(
-    Bernoulli,
-    data_fields=["weight_concentration", "mean_prior"],
-    meta_fields=["uniform_weights"],
-)

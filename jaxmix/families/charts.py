@@ -16,14 +16,14 @@ The autodiff checks (:mod:`jaxmix.check`) and gradient fitting
 Scaling by ``s`` makes every coordinate dimensionless, so a gradient divided by
 N is comparable across fields and data sets.
 
-Each params type maps, in :data:`CHARTS`, to a function ``family -> {field:
-chart}`` that lists the *free* fields only: fields the family fixes (uniform
+Each family lists its free fields' charts in its ``charts()`` method (see
+:class:`jaxmix.families.base.Family`): fields the family fixes (uniform
 weights, a known variance) are left out and keep the value they have in the
 base params. A chart is a small class with ``to_unconstrained(value, scale)``,
 ``to_value(coords, scale)`` (coordinates have the value's shape),
 ``infeasibility(value) -> str | None`` (host-side, NumPy) and ``per_component``
-(whether the leading axis indexes components). A new family registers its params
-type with a few lines, like :func:`_bernoulli_charts`.
+(whether the leading axis indexes components). A new family can use these
+charts or write its own with the same four members.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from jaxmix.families.bernoulli import BernoulliParams
-from jaxmix.families.gaussian import GaussianParams
 
 Array = jax.Array
 
@@ -218,57 +215,16 @@ class SphericalLogVariance(LogVariance):
         return jnp.exp(coords) * jnp.mean(jnp.square(scale))
 
 
-_COVARIANCE_CHARTS = {
-    "full": Cholesky,
-    "tied": TiedCholesky,
-    "diag": LogVariance,
-    "spherical": SphericalLogVariance,
-}
-
-
-def _gaussian_charts(family) -> dict[str, Any]:
-    # Any family with Gaussian params: ``Gaussian`` and the fixed-variance
-    # ``IsotropicGaussian`` (spherical covariances, no ``covariance_type``).
-    charts = {}
-    if not getattr(family, "uniform_weights", False):
-        charts["weights"] = Simplex
-    charts["means"] = Location
-    if getattr(family, "variance", None) is None:
-        covariance_type = getattr(family, "covariance_type", "spherical")
-        charts["covariances"] = _COVARIANCE_CHARTS[covariance_type]
-    return charts
-
-
-def _bernoulli_charts(family) -> dict[str, Any]:
-    charts = {} if family.uniform_weights else {"weights": Simplex}
-    charts["means"] = Probability
-    return charts
-
-
-CHARTS = {GaussianParams: _gaussian_charts, BernoulliParams: _bernoulli_charts}
-
-
-def charts(family, params) -> dict[str, Any]:
-    """The charts of the free fields of ``params`` (a family's params pytree).
-
-    Raises:
-      ValueError: if no chart is registered for the params type.
-    """
-    try:
-        make = CHARTS[type(params)]
-    except KeyError:
-        raise ValueError(
-            f"no unconstrained coordinates are registered for "
-            f"{type(params).__name__}; add an entry to jaxmix.families.charts.CHARTS"
-        ) from None
-    return make(family)
+def charts(family) -> dict[str, Any]:
+    """The charts of the free fields of the family's params (``family.charts()``)."""
+    return dict(family.charts())
 
 
 def to_unconstrained(family, params, scale: Array) -> dict[str, Array]:
     """Free fields of ``params`` as a dict of unconstrained coordinates."""
     return {
         name: chart.to_unconstrained(getattr(params, name), scale)
-        for name, chart in charts(family, params).items()
+        for name, chart in charts(family).items()
     }
 
 
@@ -276,6 +232,6 @@ def to_params(family, coords: dict[str, Array], base, scale: Array):
     """Params from coordinates; fixed fields are taken from ``base``."""
     values = {
         name: chart.to_value(coords[name], scale)
-        for name, chart in charts(family, base).items()
+        for name, chart in charts(family).items()
     }
     return base._replace(**values)

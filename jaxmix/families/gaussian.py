@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, multigammaln
 
-from jaxmix.families import _covariance
+from jaxmix.families import _covariance, charts
 from jaxmix.families._weights import (
     guarded_counts,
     log_dirichlet,
     update_weights_map,
 )
+from jaxmix.families.base import Family, family, static
 
 Array = jax.Array
 
@@ -187,8 +188,8 @@ _NIW_FIELDS = ("mean_prior", "mean_precision", "degrees_of_freedom", "covariance
 _PRIOR_FIELDS = ("weight_concentration", *_NIW_FIELDS)
 
 
-@dataclasses.dataclass(frozen=True)
-class Gaussian:
+@family
+class Gaussian(Family):
     r"""Specification of a Gaussian mixture family.
 
     The covariance type and whether weights are learned are static (they change
@@ -248,10 +249,14 @@ class Gaussian:
       ...     mean_precision=1.0, degrees_of_freedom=2.0, covariance_prior=1.0)
     """
 
-    covariance_type: str = "full"
+    params_type = GaussianParams
+    location_field = "means"
+    centred_fit = True
+
+    covariance_type: str = static("full")
     reg_covar: Any = 1e-6
     variance: Any = None
-    uniform_weights: bool = False
+    uniform_weights: bool = static(False)
     weight_concentration: Any = None
     mean_prior: Any = None
     mean_precision: Any = None
@@ -299,6 +304,14 @@ class Gaussian:
             count += n_components - 1
         return count
 
+    def charts(self):
+        """Softmax weights, scaled means, and the covariance kernel's chart."""
+        free = {} if self.uniform_weights else {"weights": charts.Simplex}
+        free["means"] = charts.Location
+        if self.variance is None:
+            free["covariances"] = self.kernel.chart
+        return free
+
     def precisions_cholesky(self, params: GaussianParams) -> Array:
         return self.kernel.precisions_cholesky(params.covariances)
 
@@ -323,7 +336,7 @@ class Gaussian:
         location (the means and, for MAP, the prior mean) moves with the data.
         """
         family = self
-        if getattr(self, "mean_prior", None) is not None:
+        if self.mean_prior is not None:
             family = dataclasses.replace(self, mean_prior=self.mean_prior + offset)
         return family, params._replace(means=params.means + offset)
 
@@ -434,10 +447,3 @@ class Gaussian:
                 self.degrees_of_freedom,
             )
         return total
-
-
-jax.tree_util.register_dataclass(
-    Gaussian,
-    data_fields=["reg_covar", "variance", *_PRIOR_FIELDS],
-    meta_fields=["covariance_type", "uniform_weights"],
-)

@@ -13,15 +13,15 @@ components are re-seeded at the samples farthest from their centres
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families import _hard
+from jaxmix.families import _hard, charts
 from jaxmix.families._weights import guarded_counts, update_weights
+from jaxmix.families.base import Family, family, static
 from jaxmix.families.gaussian import GaussianParams
 
 Array = jax.Array
@@ -53,8 +53,8 @@ def squared_distances(X: Array, means: Array) -> Array:
     return jnp.maximum(sq, 0.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class IsotropicGaussian:
+@family
+class IsotropicGaussian(Family):
     r"""Gaussian mixture whose components all have the fixed covariance σ²I.
 
     Params are :class:`~jaxmix.families.GaussianParams` with spherical
@@ -81,9 +81,13 @@ class IsotropicGaussian:
       (3, 2)
     """
 
+    params_type = GaussianParams
+    location_field = "means"
+    centred_fit = True
+
     variance: Any = 1.0
-    uniform_weights: bool = True
-    n_farthest: int = 8
+    uniform_weights: bool = static(True)
+    n_farthest: int = static(8)
 
     def __post_init__(self):
         if isinstance(self.variance, (int, float)) and not self.variance > 0:
@@ -97,6 +101,21 @@ class IsotropicGaussian:
         if not self.uniform_weights:
             count += n_components - 1
         return count
+
+    def charts(self):
+        """Softmax weights if they are learned, and the means (variance fixed)."""
+        free = {} if self.uniform_weights else {"weights": charts.Simplex}
+        return {**free, "means": charts.Location}
+
+    def assignment_cost(self, X: Array, locations: Array) -> Array:
+        """Squared Euclidean distances, by matrix products (K-means), (N, K)."""
+        return squared_distances(X, locations)
+
+    def params_at(self, locations: Array) -> GaussianParams:
+        """Centres ``locations`` with uniform weights and the fixed variance."""
+        n_components = locations.shape[0]
+        weights = jnp.full((n_components,), 1.0 / n_components, locations.dtype)
+        return GaussianParams(weights, locations, self._covariances(locations))
 
     def log_component_density(self, params: GaussianParams, X: Array) -> Array:
         r"""log N(x_n | μ_k, σ_k² I) = −‖x_n − μ_k‖² / (2σ_k²) − (D/2) log(2πσ_k²).
@@ -119,10 +138,6 @@ class IsotropicGaussian:
         )
         per_sample = jnp.sum(jnp.square(X), axis=1)
         return cross + per_component - 0.5 * per_sample[:, None] * precision
-
-    def translate(self, params: GaussianParams, offset: Array):
-        """The same model in coordinates moved by ``offset`` (x ↦ x + offset)."""
-        return self, params._replace(means=params.means + offset)
 
     def reference(self, X: Array, resp: Array) -> GaussianParams:
         """Parameters for these responsibilities when there are none yet."""
@@ -177,6 +192,10 @@ class IsotropicGaussian:
         far = _hard.farthest(X, -log_joint, labels, weights, self.n_farthest)
         return IsotropicStats(counts, sums, far)
 
+    def empty_statistics(self, shapes) -> IsotropicStats:
+        """No samples: zero counts and sums, and no re-seeding candidates."""
+        return _hard.empty_statistics(shapes)
+
     def combine_statistics(
         self, a: IsotropicStats, b: IsotropicStats
     ) -> IsotropicStats:
@@ -215,10 +234,3 @@ class IsotropicGaussian:
     def log_prior(self, params: GaussianParams) -> Array:
         """Zero: maximum likelihood."""
         return jnp.zeros((), params.means.dtype)
-
-
-jax.tree_util.register_dataclass(
-    IsotropicGaussian,
-    data_fields=["variance"],
-    meta_fields=["uniform_weights", "n_farthest"],
-)

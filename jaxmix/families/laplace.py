@@ -6,7 +6,7 @@ the weighted coordinate-wise median. Hard EM of this family with uniform weights
 (``jaxmix.fit(..., hard=True)``) is K-medians.
 
 A median is not a sum over samples, so these statistics cannot be added up over
-chunks: the family says ``additive_statistics = False`` and the engine keeps all
+chunks: the family sets ``additive_statistics = False`` and the engine keeps all
 samples in one block. The exact weighted median is computed with static shapes
 from the columns sorted once (``order``, which the family can carry so that the
 sort happens outside the loop): each iteration only gathers the labels along
@@ -21,15 +21,15 @@ not one-hot the M-step returns NaN, which the engine reports as ``NONFINITE``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families import _hard
+from jaxmix.families import _hard, charts
 from jaxmix.families._weights import guarded_counts, update_weights
+from jaxmix.families.base import Family, family, static
 
 Array = jax.Array
 
@@ -113,8 +113,8 @@ def weighted_medians(
     return X[sample, features[:, None]].T
 
 
-@dataclasses.dataclass(frozen=True)
-class Laplace:
+@family
+class Laplace(Family):
     r"""Mixture of Laplace distributions with a fixed scale b (L1 cost).
 
     Args:
@@ -137,16 +137,22 @@ class Laplace:
       (3, 2)
     """
 
-    scale: Any = 1.0
-    uniform_weights: bool = True
-    order: Any = None
-    n_farthest: int = 8
-
-    # Medians are not sums over samples: the engine keeps the data in one block.
-    # No ``translate``: a median is one of the samples, exactly, in any
+    params_type = LaplaceParams
+    location_field = "means"
+    # Medians are not sums over samples: the engine keeps the data in one
+    # block. Soft responsibilities would need a median weighted by every
+    # responsibility, and the L1 cost is not differentiable at the median.
+    additive_statistics = False
+    soft_assignments = False
+    smooth_objective = False
+    # No centred fit: a median is one of the samples, exactly, in any
     # coordinates, and L1 distances are direct differences; moving the data to
     # its mean and back would only add round-off to the centres.
-    additive_statistics = False
+
+    scale: Any = 1.0
+    uniform_weights: bool = static(True)
+    order: Any = None
+    n_farthest: int = static(8)
 
     def __post_init__(self):
         if isinstance(self.scale, (int, float)) and not self.scale > 0:
@@ -160,6 +166,21 @@ class Laplace:
         if not self.uniform_weights:
             count += n_components - 1
         return count
+
+    def charts(self):
+        """Softmax weights if they are learned, and the locations (scale fixed)."""
+        free = {} if self.uniform_weights else {"weights": charts.Simplex}
+        return {**free, "means": charts.Location}
+
+    def assignment_cost(self, X: Array, locations: Array) -> Array:
+        """L1 distances (K-medians), (N, K)."""
+        return jnp.sum(jnp.abs(X[:, None, :] - locations[None]), axis=-1)
+
+    def params_at(self, locations: Array) -> LaplaceParams:
+        """Locations with uniform weights and the fixed scale."""
+        n_components = locations.shape[0]
+        weights = jnp.full((n_components,), 1.0 / n_components, locations.dtype)
+        return LaplaceParams(weights, locations, self._scales(locations))
 
     def log_component_density(self, params: LaplaceParams, X: Array) -> Array:
         r"""log p(x_n | μ_k, b_k) = −‖x_n − μ_k‖₁ / b_k − D log(2 b_k), shape (N, K)."""
@@ -239,10 +260,3 @@ class Laplace:
     def log_prior(self, params: LaplaceParams) -> Array:
         """Zero: maximum likelihood."""
         return jnp.zeros((), params.means.dtype)
-
-
-jax.tree_util.register_dataclass(
-    Laplace,
-    data_fields=["scale", "order"],
-    meta_fields=["uniform_weights", "n_farthest"],
-)

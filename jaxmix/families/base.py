@@ -1,0 +1,215 @@
+r"""The family protocol: what a mixture family provides to the engine.
+
+A *family* is an immutable specification of one kind of mixture component (a
+Gaussian with a covariance type, a product of Bernoullis, a Poisson, ...) and
+its priors. It is a frozen dataclass registered as a pytree: fields declared
+with :func:`static` change the compiled program (a covariance type, whether
+weights are learned) and are pytree metadata; every other field (``reg_covar``,
+prior strengths, fixed variances) is a traced leaf, so new values reuse the
+compiled fit. :func:`family` does both the dataclass and the registration::
+
+    @family
+    class Poisson(Family):
+        params_type = PoissonParams
+        rate_prior: Any = None                   # traced
+        uniform_weights: bool = static(False)    # static
+
+Params, statistics and results are ``NamedTuple`` pytrees. Params always have a
+``weights`` field (K,), the mixing weights.
+
+**Required** (abstract here):
+
+- :meth:`Family.log_component_density`: log p(x_n | θ_k), (N, K);
+- :meth:`Family.statistics`: sufficient statistics of (sample-weighted)
+  responsibilities, additive over samples;
+- :meth:`Family.m_step`: the closed-form (MAP) maximiser from statistics;
+- :meth:`Family.reference`: a valid params point for given responsibilities
+  (initialisation, and the centring point of the first statistics);
+- :meth:`Family.n_parameters`: free parameters, for BIC and AIC;
+- :meth:`Family.charts`: unconstrained coordinates of the free fields, for the
+  autodiff checker and gradient fitting (:mod:`jaxmix.families.charts`).
+
+**Optional, with defaults**: :meth:`Family.log_prior` (zero: maximum
+likelihood), :meth:`Family.translate` (identity), :meth:`Family.combine_statistics`
+(sum), :meth:`Family.hard_statistics` (statistics of one-hot responsibilities),
+:meth:`Family.check_data` (accepts everything), and the class-level facts
+:attr:`Family.location_field`, :attr:`Family.centred_fit`,
+:attr:`Family.additive_statistics`, :attr:`Family.soft_assignments` and
+:attr:`Family.smooth_objective`. Hard-clustering families (K-means,
+K-medians) also provide :meth:`Family.assignment_cost` and
+:meth:`Family.params_at`.
+
+The engine calls these methods and reads these attributes; it never asks what
+kind of family it has.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def static(default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A family field that is static: part of the compiled program, not traced."""
+    metadata = {**kwargs.pop("metadata", {}), "static": True}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def family(cls: type) -> type:
+    """Make ``cls`` a frozen dataclass and register it as a pytree.
+
+    Fields declared with :func:`static` become pytree metadata (hashed into the
+    compiled program); the others are leaves.
+    """
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    fields = dataclasses.fields(cls)
+    jax.tree_util.register_dataclass(
+        cls,
+        data_fields=[f.name for f in fields if not f.metadata.get("static")],
+        meta_fields=[f.name for f in fields if f.metadata.get("static")],
+    )
+    return cls
+
+
+def one_hot_responsibilities(labels: Array, weights: Array, n_components: int):
+    """(N, K) responsibilities, one-hot on ``labels`` and scaled by ``weights``."""
+    return jax.nn.one_hot(labels, n_components, dtype=weights.dtype) * weights[:, None]
+
+
+class Family(abc.ABC):
+    """Base class of every mixture family.
+
+    Subclasses are declared with the :func:`family` decorator and override the
+    abstract methods; the optional ones have defaults that fit most families.
+    """
+
+    #: The params ``NamedTuple`` type; it has a ``weights`` field (K,).
+    params_type: ClassVar[type]
+    #: The params field holding the components' locations (K, D), if there is
+    #: one: the ``criterion="means"`` stopping rule and the hard-clustering
+    #: estimators read it.
+    location_field: ClassVar[str | None] = None
+    #: Fit in data coordinates centred at the data's (weighted) mean and move
+    #: the result back (:meth:`translate`): a location family keeps its
+    #: float32 digits on data far from the origin.
+    centred_fit: ClassVar[bool] = False
+    #: Statistics are sums over samples (or combine associatively through
+    #: :meth:`combine_statistics`), so data can be processed in blocks.
+    #: False (medians) keeps all samples in one block.
+    additive_statistics: ClassVar[bool] = True
+    #: The M-step accepts soft responsibilities. False: hard EM only (the
+    #: checker then draws one-hot responsibilities).
+    soft_assignments: ClassVar[bool] = True
+    #: Q is differentiable at its maximiser, so the checker tests a zero
+    #: gradient. False (an L1 cost): the checker tests that no coordinate
+    #: direction raises Q (a subgradient optimality test).
+    smooth_objective: ClassVar[bool] = True
+
+    # -- required ----------------------------------------------------------------
+    @abc.abstractmethod
+    def log_component_density(self, params, X: Array) -> Array:
+        """log p(x_n | θ_k) for every sample and component, shape (N, K)."""
+
+    @abc.abstractmethod
+    def statistics(self, params, X: Array, resp: Array):
+        """Sufficient statistics of weighted responsibilities ``resp`` (N, K).
+
+        ``params`` is the current point, which the family may use as a centring
+        reference; the result must be a pytree that adds up over blocks of
+        samples (or combines through :meth:`combine_statistics`).
+        """
+
+    @abc.abstractmethod
+    def m_step(self, stats, params):
+        """The closed-form (MAP) maximiser of Q given the statistics."""
+
+    @abc.abstractmethod
+    def reference(self, X: Array, resp: Array):
+        """A valid params point for these responsibilities (no params yet)."""
+
+    @abc.abstractmethod
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Free parameters, as counted for BIC and AIC."""
+
+    @abc.abstractmethod
+    def charts(self) -> Mapping[str, Any]:
+        """Unconstrained coordinates of the free params fields, ``{field: chart}``.
+
+        Fields the family fixes (uniform weights, a known variance) are left
+        out. Charts are in :mod:`jaxmix.families.charts`.
+        """
+
+    # -- optional, with defaults -------------------------------------------------
+    def log_prior(self, params) -> Array:
+        """Log prior density of the parameters (zero: maximum likelihood)."""
+        return jnp.zeros((), params.weights.dtype)
+
+    def translate(self, params, offset: Array):
+        """The same model in coordinates moved by ``offset`` (x ↦ x + offset).
+
+        Returns ``(family, params)``. Used when :attr:`centred_fit` is True; the
+        default moves the :attr:`location_field`.
+        """
+        if self.location_field is None:
+            return self, params
+        moved = getattr(params, self.location_field) + offset
+        return self, params._replace(**{self.location_field: moved})
+
+    def combine_statistics(self, a, b):
+        """Statistics of two blocks of samples together (default: their sum)."""
+        return jax.tree.map(jnp.add, a, b)
+
+    def empty_statistics(self, shapes):
+        """The neutral element of :meth:`combine_statistics` (default: zeros).
+
+        ``shapes`` is the statistics' structure of ``jax.ShapeDtypeStruct``.
+        """
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def hard_statistics(
+        self, params, X: Array, labels: Array, weights: Array, log_joint: Array
+    ):
+        """:meth:`statistics` of one-hot responsibilities given as labels.
+
+        ``labels`` (N,) is each sample's component, ``weights`` (N,) its sample
+        weight, ``log_joint`` (N,) its log joint density under that component.
+        Families override it to avoid forming the (N, K) matrix.
+        """
+        del log_joint
+        n_components = params.weights.shape[0]
+        resp = one_hot_responsibilities(labels, weights, n_components)
+        return self.statistics(params, X, resp)
+
+    def location(self, params) -> Array:
+        """The components' locations (K, D), from :attr:`location_field`."""
+        if self.location_field is None:
+            raise ValueError(f"{type(self).__name__} has no location parameter")
+        return getattr(params, self.location_field)
+
+    def check_data(self, X: np.ndarray) -> None:
+        """Raise ``ValueError`` if the (host) data is outside the family's support."""
+        del X
+
+    def assignment_cost(self, X: Array, locations: Array) -> Array:
+        """Hard-clustering cost of every sample at every location, (N, K).
+
+        Squared Euclidean distance for K-means, L1 distance for K-medians;
+        hard-clustering families override it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} is not a hard-clustering family"
+        )
+
+    def params_at(self, locations: Array):
+        """Params with these locations (K, D), uniform weights and fixed scale."""
+        raise NotImplementedError(
+            f"{type(self).__name__} is not a hard-clustering family"
+        )
