@@ -26,6 +26,19 @@ def _one_blas_thread():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    XLA's CPU backend maps a few memory regions per compiled program, and the
+    kernel allows a process 65,530 maps (vm.max_map_count): the whole suite in
+    one process compiles more programs than that allows, and XLA then crashes
+    while compiling. Programs are shared within a module, rarely across.
+    """
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def x64():
     """Run a test with JAX's float64 enabled, restoring the flag afterwards."""
