@@ -107,56 +107,6 @@ def _feature_indices(indices, n_features: int, what: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------
-# Per-covariance-type conversions
-# ----------------------------------------------------------------------------
-
-
-def _to_full(covariances, covariance_type, n_components, n_features):
-    """Covariances as (K, D, D) matrices (a tied one repeated K times)."""
-    eye = jnp.eye(n_features, dtype=covariances.dtype)
-    if covariance_type == "full":
-        return covariances
-    if covariance_type == "tied":
-        return jnp.broadcast_to(covariances, (n_components, n_features, n_features))
-    if covariance_type == "diag":
-        return covariances[:, :, None] * eye
-    return covariances[:, None, None] * eye
-
-
-def _to_diag(covariances, covariance_type, n_components, n_features):
-    if covariance_type == "diag":
-        return covariances
-    if covariance_type == "spherical":
-        return jnp.broadcast_to(covariances[:, None], (n_components, n_features))
-    raise AssertionError(f"cannot represent {covariance_type} covariances as diag")
-
-
-def _to_same(covariances, covariance_type, n_components, n_features):
-    del covariance_type, n_components, n_features
-    return covariances
-
-
-# How to express covariances of a given type in a (more general) target type.
-_CONVERT = {
-    "full": _to_full,
-    "tied": _to_same,
-    "diag": _to_diag,
-    "spherical": _to_same,
-}
-
-
-def _within(weights, covariances, covariance_type, n_features) -> Array:
-    r"""Σ_k π_k Σ_k as a (D, D) matrix, without forming K full matrices."""
-    if covariance_type == "full":
-        return jnp.einsum("k,kde->de", weights, covariances)
-    if covariance_type == "tied":
-        return jnp.sum(weights) * covariances
-    if covariance_type == "diag":
-        return jnp.diag(weights @ covariances)
-    return (weights @ covariances) * jnp.eye(n_features, dtype=covariances.dtype)
-
-
-# ----------------------------------------------------------------------------
 # Moments
 # ----------------------------------------------------------------------------
 
@@ -172,7 +122,8 @@ def _covariance_jit(params: GaussianParams, covariance_type: str) -> Array:
     centre = weights @ means
     deviations = means - centre
     between = jnp.einsum("k,kd,ke->de", weights, deviations, deviations)
-    within = _within(weights, covariances, covariance_type, means.shape[-1])
+    kernel = _covariance.KERNELS[covariance_type]
+    within = kernel.within(weights, covariances, means.shape[-1])
     return within + between
 
 
@@ -339,14 +290,8 @@ def sum_covariance_type(type_x, type_y) -> str:
     Returns:
       The covariance type name of the sum.
     """
-    pair = {_covariance_type(type_x), _covariance_type(type_y)}
-    if pair == {"spherical"}:
-        return "spherical"
-    if pair <= {"diag", "spherical"}:
-        return "diag"
-    if pair == {"tied"}:
-        return "tied"
-    return "full"
+    kernel_x = _covariance.KERNELS[_covariance_type(type_x)]
+    return kernel_x.sum_type(_covariance.KERNELS[_covariance_type(type_y)])
 
 
 @functools.partial(jax.jit, static_argnames=("type_x", "type_y", "result_type"))
@@ -356,17 +301,12 @@ def _add(params_x, params_y, type_x, type_y, result_type):
     means = (params_x.means[:, None, :] + params_y.means[None, :, :]).reshape(
         n_x * n_y, n_features
     )
-    convert = _CONVERT[result_type]
-    cov_x = convert(params_x.covariances, type_x, n_x, n_features)
-    cov_y = convert(params_y.covariances, type_y, n_y, n_features)
-    if result_type == "tied":
-        covariances = cov_x + cov_y
-    else:
-        # Component (k, l) of the sum is row k·K_y + l: x outer, y inner.
-        covariances = (cov_x[:, None] + cov_y[None, :]).reshape(
-            n_x * n_y, *cov_x.shape[1:]
-        )
-    return GaussianParams(weights, means, covariances)
+    kernels = _covariance.KERNELS
+    result = kernels[result_type]
+    # Both in the (more general) type of the sum, then Σ_k + Λ_l for each pair.
+    cov_x = result.convert_from(kernels[type_x], params_x.covariances, n_x, n_features)
+    cov_y = result.convert_from(kernels[type_y], params_y.covariances, n_y, n_features)
+    return GaussianParams(weights, means, result.pairwise_sum(cov_x, cov_y))
 
 
 def add(
@@ -418,33 +358,23 @@ def add(
 def _affine_covariance_type(covariance_type: str, matrix_ndim: int) -> str:
     if matrix_ndim == 0:
         return covariance_type
-    if matrix_ndim == 1:
-        return "diag" if covariance_type == "spherical" else covariance_type
-    return "tied" if covariance_type == "tied" else "full"
+    kernel = _covariance.KERNELS[covariance_type]
+    return kernel.scaled_type if matrix_ndim == 1 else kernel.transformed_type
 
 
 @functools.partial(jax.jit, static_argnames="covariance_type")
 def _affine(params, matrix, offset, covariance_type):
     weights, means, covariances = params
+    kernel = _covariance.KERNELS[covariance_type]
     if matrix.ndim == 0:
         means = matrix * means
         covariances = jnp.square(matrix) * covariances
     elif matrix.ndim == 1:
         means = means * matrix
-        if covariance_type in ("full", "tied"):
-            covariances = matrix[:, None] * covariances * matrix[None, :]
-        elif covariance_type == "diag":
-            covariances = covariances * jnp.square(matrix)
-        else:
-            covariances = covariances[:, None] * jnp.square(matrix)
+        covariances = kernel.scale_features(covariances, matrix)
     else:
         means = means @ matrix.T
-        if covariance_type in ("full", "tied"):
-            covariances = matrix @ covariances @ matrix.T
-        elif covariance_type == "diag":
-            covariances = (matrix * covariances[:, None, :]) @ matrix.T
-        else:
-            covariances = covariances[:, None, None] * (matrix @ matrix.T)
+        covariances = kernel.transform(covariances, matrix)
         covariances = 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
     return GaussianParams(weights, means + offset, covariances)
 
@@ -529,31 +459,14 @@ def _check_count(n_samples) -> int:
     return int(n_samples)
 
 
-def _scaled_noise(covariances, covariance_type, labels, noise):
-    """L_{label_n} z_n with L_k L_kᵀ = Σ_k, for standard normal z (N, D)."""
-    if covariance_type == "tied":
-        return noise @ jnp.linalg.cholesky(covariances).T
-    if covariance_type == "diag":
-        return noise * jnp.sqrt(covariances)[labels]
-    if covariance_type == "spherical":
-        return noise * jnp.sqrt(covariances)[labels][:, None]
-    # One (N, D) @ (D, D) product per component, kept where the label matches:
-    # memory stays N·D, where gathering each sample's factor would take N·D².
-    factors = jnp.linalg.cholesky(covariances)
-
-    def one_component(k, scaled):
-        return jnp.where((labels == k)[:, None], noise @ factors[k].T, scaled)
-
-    return jax.lax.fori_loop(0, factors.shape[0], one_component, jnp.zeros_like(noise))
-
-
 @functools.partial(jax.jit, static_argnames=("covariance_type", "n_samples"))
 def _sample(key, params, covariance_type, n_samples):
     weights, means, covariances = params
     label_key, noise_key = jax.random.split(key)
     labels = jax.random.categorical(label_key, jnp.log(weights), shape=(n_samples,))
     noise = jax.random.normal(noise_key, (n_samples, means.shape[1]), means.dtype)
-    scaled = _scaled_noise(covariances, covariance_type, labels, noise)
+    kernel = _covariance.KERNELS[covariance_type]
+    scaled = kernel.sample_noise(covariances, labels, noise)
     return means[labels] + scaled, labels
 
 
@@ -597,21 +510,11 @@ def sample(
 # ----------------------------------------------------------------------------
 
 
-def _select(covariances, covariance_type, rows, columns):
-    """The (rows, columns) block of every covariance, in its type's shape."""
-    if covariance_type == "full":
-        return covariances[:, rows][:, :, columns]
-    if covariance_type == "tied":
-        return covariances[rows][:, columns]
-    if covariance_type == "diag":
-        return covariances[:, rows]
-    return covariances
-
-
 @functools.partial(jax.jit, static_argnames="covariance_type")
 def _marginal(params, indices, covariance_type):
     weights, means, covariances = params
-    covariances = _select(covariances, covariance_type, indices, indices)
+    kernel = _covariance.KERNELS[covariance_type]
+    covariances = kernel.select(covariances, indices, indices)
     return GaussianParams(weights, means[:, indices], covariances)
 
 
@@ -652,35 +555,10 @@ def _condition_one(params, values, observed, unobserved, covariance_type):
     means_o, means_u = means[:, observed], means[:, unobserved]
     residual = values - means_o  # (K, O)
     n_observed = observed.shape[0]
-    if covariance_type in ("full", "tied"):
-        cov_oo = _select(covariances, covariance_type, observed, observed)
-        cov_ou = _select(covariances, covariance_type, observed, unobserved)
-        cov_uu = _select(covariances, covariance_type, unobserved, unobserved)
-        lower = jnp.linalg.cholesky(cov_oo)
-        solve = functools.partial(jax.scipy.linalg.solve_triangular, lower=True)
-        if covariance_type == "full":
-            whitened = solve(lower, residual[..., None])[..., 0]  # (K, O)
-            gain = solve(lower, cov_ou)  # (K, O, U)  L⁻¹ Σ_ou
-            shift = jnp.einsum("kou,ko->ku", gain, whitened)
-        else:
-            whitened = solve(lower, residual.T).T  # (K, O)
-            gain = solve(lower, cov_ou)  # (O, U)
-            shift = whitened @ gain
-        # Σ_uu − Σ_uo Σ_oo⁻¹ Σ_ou = Σ_uu − (L⁻¹Σ_ou)ᵀ(L⁻¹Σ_ou): a Schur complement.
-        cond_cov = cov_uu - jnp.swapaxes(gain, -1, -2) @ gain
-        cond_cov = 0.5 * (cond_cov + jnp.swapaxes(cond_cov, -1, -2))
-        log_det = jnp.sum(jnp.log(jnp.diagonal(lower, axis1=-2, axis2=-1)), axis=-1)
-        maha = jnp.sum(jnp.square(whitened), axis=-1)
-        cond_means = means_u + shift
-    elif covariance_type == "diag":
-        var_o = covariances[:, observed]
-        maha = jnp.sum(jnp.square(residual) / var_o, axis=-1)
-        log_det = 0.5 * jnp.sum(jnp.log(var_o), axis=-1)
-        cond_means, cond_cov = means_u, covariances[:, unobserved]
-    else:
-        maha = jnp.sum(jnp.square(residual), axis=-1) / covariances
-        log_det = 0.5 * n_observed * jnp.log(covariances)
-        cond_means, cond_cov = means_u, covariances
+    kernel = _covariance.KERNELS[covariance_type]
+    cond_means, cond_cov, maha, log_det = kernel.condition(
+        means_u, covariances, residual, observed, unobserved
+    )
     log_likelihood = -0.5 * (maha + n_observed * math.log(2 * math.pi)) - log_det
     cond_weights = jax.nn.softmax(jnp.log(weights) + log_likelihood)
     return GaussianParams(cond_weights, cond_means, cond_cov)
@@ -784,30 +662,10 @@ def _conditional_means(params, values, observed, covariance_type):
     mask = observed.astype(means.dtype)  # (D,)
     n_observed = jnp.sum(mask)
     residual = (values[:, None, :] - means[None]) * mask  # (N, K, D)
-    if covariance_type in ("full", "tied"):
-        outer = mask[:, None] * mask[None, :]
-        padded = covariances * outer + jnp.diag(1 - mask)
-        cross = covariances * (mask[:, None] * (1 - mask)[None, :])  # Σ_ou, embedded
-        lower = jnp.linalg.cholesky(padded)
-        solve = functools.partial(jax.scipy.linalg.solve_triangular, lower=True)
-        gain = solve(lower, cross)  # L⁻¹ Σ_ou
-        if covariance_type == "full":
-            whitened = jnp.moveaxis(solve(lower, jnp.moveaxis(residual, 0, -1)), -1, 0)
-            shift = jnp.einsum("kdu,nkd->nku", gain, whitened)
-        else:
-            whitened = solve(lower, residual.reshape(-1, means.shape[1]).T).T.reshape(
-                residual.shape
-            )
-            shift = whitened @ gain
-        maha = jnp.sum(jnp.square(whitened), axis=-1)
-        log_det = jnp.sum(jnp.log(jnp.diagonal(lower, axis1=-2, axis2=-1)), axis=-1)
-        component_means = means + shift
-    else:
-        variances = covariances if covariance_type == "diag" else covariances[:, None]
-        variances = jnp.broadcast_to(variances, means.shape)
-        maha = jnp.sum(jnp.square(residual) / variances, axis=-1)
-        log_det = 0.5 * jnp.sum(mask * jnp.log(variances), axis=-1)
-        component_means = jnp.broadcast_to(means, residual.shape)
+    kernel = _covariance.KERNELS[covariance_type]
+    component_means, maha, log_det = kernel.condition_masked(
+        means, covariances, residual, mask
+    )
     log_likelihood = -0.5 * (maha + n_observed * math.log(2 * math.pi)) - log_det
     resp = jax.nn.softmax(jnp.log(weights) + log_likelihood, axis=-1)  # (N, K)
     return jnp.einsum("nk,nkd->nd", resp, component_means)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxmix.estimators.validation import precision
+from jaxmix.families._covariance import KERNELS
+
 
 def _covariance_2d(model, k: int, dims=(0, 1)) -> np.ndarray:
-    cov = np.asarray(model.covariances_)
-    i, j = dims
-    kind = model.covariance_type
-    if kind == "full":
-        return cov[k][np.ix_(dims, dims)]
-    if kind == "tied":
-        return cov[np.ix_(dims, dims)]
-    if kind == "diag":
-        return np.diag(cov[k][[i, j]])
-    return np.eye(2) * cov[k]
+    kernel = KERNELS[model.covariance_type]
+    n_components, n_features = model.means_.shape
+    covariances = np.asarray(model.covariances_)
+    with precision(covariances.dtype):
+        full = np.asarray(kernel.to_full(covariances, n_components, n_features))
+    return full[k][np.ix_(dims, dims)]
 
 
 def covariance_ellipse(ax, mean, covariance, n_std: float = 2.0, **kwargs):

@@ -6,9 +6,9 @@ its priors. It is a frozen dataclass registered as a pytree: fields declared
 with :func:`static` change the compiled program (a covariance type, whether
 weights are learned) and are pytree metadata; every other field (``reg_covar``,
 prior strengths, fixed variances) is a traced leaf, so new values reuse the
-compiled fit. :func:`family` does both the dataclass and the registration::
+compiled fit. Subclassing :class:`Family` does both the dataclass and the
+registration::
 
-    @family
     class Poisson(Family):
         params_type = PoissonParams
         rate_prior: Any = None                   # traced
@@ -23,15 +23,16 @@ Params, statistics and results are ``NamedTuple`` pytrees. Params always have a
 - :meth:`Family.statistics`: sufficient statistics of (sample-weighted)
   responsibilities, additive over samples;
 - :meth:`Family.m_step`: the closed-form (MAP) maximiser from statistics;
-- :meth:`Family.reference`: a valid params point for given responsibilities
-  (initialisation, and the centring point of the first statistics);
 - :meth:`Family.n_parameters`: free parameters, for BIC and AIC;
 - :meth:`Family.charts`: unconstrained coordinates of the free fields, for the
   autodiff checker and gradient fitting (:mod:`jaxmix.families.charts`).
 
-**Optional, with defaults**: :meth:`Family.log_prior` (zero: maximum
-likelihood), :meth:`Family.translate` (identity), :meth:`Family.combine_statistics`
-(sum), :meth:`Family.hard_statistics` (statistics of one-hot responsibilities),
+**Optional, with defaults**: :meth:`Family.reference` (a valid params point
+for given responsibilities: by default the M-step of statistics taken without
+one), :meth:`Family.log_prior` (zero: maximum likelihood),
+:meth:`Family.translate` (identity), :meth:`Family.combine_statistics` (sum),
+:meth:`Family.empty_statistics` (zeros), :meth:`Family.hard_statistics`
+(statistics of one-hot responsibilities),
 :meth:`Family.check_data` (accepts everything), and the class-level facts
 :attr:`Family.location_field`, :attr:`Family.centred_fit`,
 :attr:`Family.additive_statistics`, :attr:`Family.soft_assignments` and
@@ -63,22 +64,6 @@ def static(default: Any = dataclasses.MISSING, **kwargs) -> Any:
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def family(cls: type) -> type:
-    """Make ``cls`` a frozen dataclass and register it as a pytree.
-
-    Fields declared with :func:`static` become pytree metadata (hashed into the
-    compiled program); the others are leaves.
-    """
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    fields = dataclasses.fields(cls)
-    jax.tree_util.register_dataclass(
-        cls,
-        data_fields=[f.name for f in fields if not f.metadata.get("static")],
-        meta_fields=[f.name for f in fields if f.metadata.get("static")],
-    )
-    return cls
-
-
 def one_hot_responsibilities(labels: Array, weights: Array, n_components: int):
     """(N, K) responsibilities, one-hot on ``labels`` and scaled by ``weights``."""
     return jax.nn.one_hot(labels, n_components, dtype=weights.dtype) * weights[:, None]
@@ -87,9 +72,21 @@ def one_hot_responsibilities(labels: Array, weights: Array, n_components: int):
 class Family(abc.ABC):
     """Base class of every mixture family.
 
-    Subclasses are declared with the :func:`family` decorator and override the
-    abstract methods; the optional ones have defaults that fit most families.
+    Every subclass becomes a frozen dataclass registered as a pytree when it is
+    defined (fields declared with :func:`static` are static, the others
+    traced), overrides the abstract methods, and keeps the defaults of the
+    optional ones where they fit.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(frozen=True)(cls)
+        fields = dataclasses.fields(cls)
+        jax.tree_util.register_dataclass(
+            cls,
+            data_fields=[f.name for f in fields if not f.metadata.get("static")],
+            meta_fields=[f.name for f in fields if f.metadata.get("static")],
+        )
 
     #: The params ``NamedTuple`` type; it has a ``weights`` field (K,).
     params_type: ClassVar[type]
@@ -131,9 +128,14 @@ class Family(abc.ABC):
     def m_step(self, stats, params):
         """The closed-form (MAP) maximiser of Q given the statistics."""
 
-    @abc.abstractmethod
     def reference(self, X: Array, resp: Array):
-        """A valid params point for these responsibilities (no params yet)."""
+        """A valid params point for these responsibilities (no params yet).
+
+        The default is the M-step of the statistics taken without a reference
+        point, which suits families whose statistics and M-step do not use
+        the current params; families that centre their statistics override it.
+        """
+        return self.m_step(self.statistics(None, X, resp), None)
 
     @abc.abstractmethod
     def n_parameters(self, n_components: int, n_features: int) -> int:
@@ -188,6 +190,11 @@ class Family(abc.ABC):
         resp = one_hot_responsibilities(labels, weights, n_components)
         return self.statistics(params, X, resp)
 
+    @property
+    def label(self) -> str:
+        """A short name for tables (model selection); default: the class name."""
+        return type(self).__name__
+
     def location(self, params) -> Array:
         """The components' locations (K, D), from :attr:`location_field`."""
         if self.location_field is None:
@@ -195,7 +202,12 @@ class Family(abc.ABC):
         return getattr(params, self.location_field)
 
     def check_data(self, X: np.ndarray) -> None:
-        """Raise ``ValueError`` if the (host) data is outside the family's support."""
+        """Raise ``ValueError`` if the (host) data is outside the family's support.
+
+        The estimators and :mod:`jaxmix.check` call it on the host data; the
+        functional core (``jaxmix.fit`` and the drivers) does not, so that
+        data on an accelerator is never copied back to check it.
+        """
         del X
 
     def assignment_cost(self, X: Array, locations: Array) -> Array:

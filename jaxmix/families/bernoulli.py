@@ -23,7 +23,8 @@ from jaxmix.families._weights import (
     log_dirichlet,
     update_weights_map,
 )
-from jaxmix.families.base import Family, family, static
+from jaxmix.families.base import Family, static
+from jaxmix.families.numerics import safe_log
 
 Array = jax.Array
 
@@ -42,12 +43,6 @@ class BernoulliStats(NamedTuple):
     sums: Array  # (K, D)  Σ_n r_nk x_nd
 
 
-def _safe_log(values: Array, valid: Array) -> Array:
-    # log where valid, 0 elsewhere; the inner where keeps the gradient finite.
-    return jnp.where(valid, jnp.log(jnp.where(valid, values, 1.0)), 0.0)
-
-
-@family
 class Bernoulli(Family):
     r"""Specification of a mixture-of-Bernoullis family.
 
@@ -119,17 +114,13 @@ class Bernoulli(Family):
         disagree, never NaN.
         """
         means = params.means
-        log_on = _safe_log(means, means > 0)
-        log_off = _safe_log(1 - means, means < 1)
+        log_on = safe_log(means, means > 0)
+        log_off = safe_log(1 - means, means < 1)
         on = X @ log_on.T + (1 - X) @ log_off.T
         impossible = X @ (means <= 0).T.astype(X.dtype) + (1 - X) @ (
             means >= 1
         ).T.astype(X.dtype)
         return jnp.where(impossible > 0, -jnp.inf, on)
-
-    def reference(self, X: Array, resp: Array) -> BernoulliParams:
-        """A valid point for these responsibilities (the statistics need none)."""
-        return self.m_step(self.statistics(None, X, resp), None)
 
     def statistics(self, params, X: Array, resp: Array) -> BernoulliStats:
         """Counts and responsibility-weighted sums; ``params`` is not needed."""

@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import gammaln, multigammaln
 
 from jaxmix.families import _covariance, charts
 from jaxmix.families._weights import (
@@ -16,7 +15,7 @@ from jaxmix.families._weights import (
     log_dirichlet,
     update_weights_map,
 )
-from jaxmix.families.base import Family, family, static
+from jaxmix.families.base import Family, static
 
 Array = jax.Array
 
@@ -41,154 +40,10 @@ class GaussianStats(NamedTuple):
     second: Any  # centred second moments, per covariance type
 
 
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _log_det_psd(matrix: Array) -> Array:
-    return 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(matrix))))
-
-
-def _log_normal_iw(deviation, prec_chol, kappa, psi, nu):
-    r"""log N(μ | m₀, Σ/κ₀) + log IW(Σ | Ψ₀, ν₀) through U with U Uᵀ = Σ⁻¹.
-
-    ``deviation`` μ − m₀ is (K, D); ``prec_chol`` is (K, D, D) (one Σ per mean)
-    or (D, D) (one Σ shared by all means, counted once in the IW term).
-    """
-    n_features = deviation.shape[-1]
-    shared = prec_chol.ndim == 2
-    log_det_u = jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), -1)
-    projected = (
-        deviation @ prec_chol
-        if shared
-        else jnp.einsum("kd,kde->ke", deviation, prec_chol)
-    )
-    log_normal = (
-        0.5 * n_features * (jnp.log(kappa) - _LOG_2PI)
-        + log_det_u
-        - 0.5 * kappa * jnp.sum(jnp.square(projected), axis=-1)
-    )
-    trace = jnp.einsum("de,...ef,...df->...", psi, prec_chol, prec_chol)
-    log_iw = (
-        0.5 * nu * _log_det_psd(psi)
-        - 0.5 * nu * n_features * math.log(2)
-        - multigammaln(0.5 * nu, n_features)
-        + (nu + n_features + 1) * log_det_u
-        - 0.5 * trace
-    )
-    return jnp.sum(log_normal) + jnp.sum(log_iw)
-
-
-def _log_normal_inverse_gamma(deviation, variances, kappa, shape, scale):
-    r"""Σ log N(μ | m₀, σ²/κ₀) + log IG(σ² | shape, scale), elementwise."""
-    log_var = jnp.log(variances)
-    log_normal = 0.5 * (jnp.log(kappa) - _LOG_2PI - log_var) - 0.5 * kappa * (
-        jnp.square(deviation) / variances
-    )
-    log_ig = (
-        shape * jnp.log(scale)
-        - gammaln(shape)
-        - (shape + 1) * log_var
-        - scale / variances
-    )
-    return jnp.sum(log_normal) + jnp.sum(log_ig)
-
-
-class _FullPrior:
-    """Normal-inverse-Wishart on each (μ_k, Σ_k)."""
-
-    @staticmethod
-    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
-        del total
-        n_features = deviation.shape[-1]
-        scatter = scatter_cov * counts[:, None, None]
-        moved = shrink[:, None, None] * deviation[:, :, None] * deviation[:, None, :]
-        return (psi + scatter + moved) / (nu + counts + n_features + 2)[:, None, None]
-
-    @staticmethod
-    def log_prior(means, covariances, prec_chol, mean_prior, kappa, psi, nu):
-        del covariances
-        return _log_normal_iw(means - mean_prior, prec_chol, kappa, psi, nu)
-
-
-class _TiedPrior:
-    """N(μ_k | m₀, Σ/κ₀) for every k, and one inverse-Wishart on the shared Σ."""
-
-    @staticmethod
-    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
-        n_components, n_features = deviation.shape
-        scatter = scatter_cov * total
-        moved = jnp.einsum("k,kd,ke->de", shrink, deviation, deviation)
-        return (psi + scatter + moved) / (nu + total + n_features + 1 + n_components)
-
-    log_prior = _FullPrior.log_prior
-
-
-class _DiagPrior:
-    """The NIW restricted to diagonal Σ_k: per feature, a normal-inverse-Gamma."""
-
-    @staticmethod
-    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
-        del total
-        n_features = deviation.shape[-1]
-        scatter = scatter_cov * counts[:, None]
-        moved = shrink[:, None] * jnp.square(deviation)
-        return (psi + scatter + moved) / (nu + counts + n_features + 2)[:, None]
-
-    @staticmethod
-    def log_prior(means, covariances, prec_chol, mean_prior, kappa, psi, nu):
-        del prec_chol
-        n_features = means.shape[-1]
-        shape = 0.5 * (nu + n_features - 1)
-        return _log_normal_inverse_gamma(
-            means - mean_prior, covariances, kappa, shape, 0.5 * psi
-        )
-
-
-class _SphericalPrior:
-    """The NIW restricted to Σ_k = σ²_k I: one normal-inverse-Gamma per component."""
-
-    @staticmethod
-    def covariances(scatter_cov, counts, deviation, total, shrink, psi, nu):
-        del total
-        n_features = deviation.shape[-1]
-        trace_scatter = scatter_cov * counts * n_features
-        moved = shrink * jnp.sum(jnp.square(deviation), axis=-1)
-        return (n_features * psi + trace_scatter + moved) / (
-            n_features * (nu + counts + n_features + 2)
-        )
-
-    @staticmethod
-    def log_prior(means, covariances, prec_chol, mean_prior, kappa, psi, nu):
-        del prec_chol
-        n_features = means.shape[-1]
-        deviation = jnp.sum(jnp.square(means - mean_prior), axis=-1)
-        log_var = jnp.log(covariances)
-        log_normal = (
-            0.5 * n_features * (jnp.log(kappa) - _LOG_2PI - log_var)
-            - 0.5 * kappa * deviation / covariances
-        )
-        shape = 0.5 * n_features * (nu + n_features + 1) - 1
-        scale = 0.5 * n_features * psi
-        log_ig = (
-            shape * jnp.log(scale)
-            - gammaln(shape)
-            - (shape + 1) * log_var
-            - scale / covariances
-        )
-        return jnp.sum(log_normal) + jnp.sum(log_ig)
-
-
-_PRIORS = {
-    "full": _FullPrior,
-    "tied": _TiedPrior,
-    "diag": _DiagPrior,
-    "spherical": _SphericalPrior,
-}
 _NIW_FIELDS = ("mean_prior", "mean_precision", "degrees_of_freedom", "covariance_prior")
 _PRIOR_FIELDS = ("weight_concentration", *_NIW_FIELDS)
 
 
-@family
 class Gaussian(Family):
     r"""Specification of a Gaussian mixture family.
 
@@ -289,6 +144,11 @@ class Gaussian(Family):
     @property
     def kernel(self):
         return _covariance.KERNELS[self.covariance_type]
+
+    @property
+    def label(self) -> str:
+        """The covariance type, which names the model in selection tables."""
+        return self.covariance_type
 
     @property
     def has_covariance_prior(self) -> bool:
@@ -408,7 +268,7 @@ class Gaussian(Family):
             )
             deviation = (shift - self.mean_prior) + delta
             shrink = kappa * counts / (kappa + counts)
-            covariances = _PRIORS[self.covariance_type].covariances(
+            covariances = self.kernel.map_covariances(
                 scatter_cov,
                 counts,
                 deviation,
@@ -437,7 +297,7 @@ class Gaussian(Family):
             params.weights, self.weight_concentration, self.uniform_weights
         )
         if self.has_covariance_prior:
-            total = total + _PRIORS[self.covariance_type].log_prior(
+            total = total + self.kernel.log_prior(
                 params.means,
                 params.covariances,
                 self.precisions_cholesky(params),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxmix.families import _hard, charts
 from jaxmix.families._weights import guarded_counts, update_weights
-from jaxmix.families.base import Family, family, static
+from jaxmix.families.base import Family, static
 from jaxmix.families.gaussian import GaussianParams
 
 Array = jax.Array
@@ -53,7 +53,6 @@ def squared_distances(X: Array, means: Array) -> Array:
     return jnp.maximum(sq, 0.0)
 
 
-@family
 class IsotropicGaussian(Family):
     r"""Gaussian mixture whose components all have the fixed covariance σ²I.
 

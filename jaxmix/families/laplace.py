@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxmix.families import _hard, charts
 from jaxmix.families._weights import guarded_counts, update_weights
-from jaxmix.families.base import Family, family, static
+from jaxmix.families.base import Family, static
 
 Array = jax.Array
 
@@ -113,7 +113,6 @@ def weighted_medians(
     return X[sample, features[:, None]].T
 
 
-@family
 class Laplace(Family):
     r"""Mixture of Laplace distributions with a fixed scale b (L1 cost).
 
