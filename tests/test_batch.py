@@ -330,7 +330,7 @@ def test_non_finite_restart_is_never_chosen():
         status=status,
         trace=jnp.zeros((4, 1)),
     )
-    _, index = batch._select_best(results)
+    _, index = batch.select_best(results)
     assert int(index) == 2
 
 
@@ -465,22 +465,22 @@ def test_new_data_tol_reg_covar_and_priors_do_not_recompile(stack):
     X = Xs[0]
     key = jax.random.key(10)
     batch.fit_restarts(Gaussian("full"), X, key, K, 3, tol=1e-3, **SHARED)
-    before = batch._restarts_jit._cache_size()
+    before = batch.initialize_and_fit_jit._cache_size()
     batch.fit_restarts(Gaussian("full"), Xs[1], key, K, 3, tol=1e-3, **SHARED)
     batch.fit_restarts(Gaussian("full"), X, jax.random.key(11), K, 3, tol=0.5, **SHARED)
     batch.fit_restarts(Gaussian("full", reg_covar=0.1), X, key, K, 3, **SHARED)
-    assert batch._restarts_jit._cache_size() == before
+    assert batch.initialize_and_fit_jit._cache_size() == before
     batch.fit_restarts(
         Gaussian("full", weight_concentration=2.0), X, key, K, 3, **SHARED
     )
-    with_prior = batch._restarts_jit._cache_size()
+    with_prior = batch.initialize_and_fit_jit._cache_size()
     batch.fit_restarts(
         Gaussian("full", weight_concentration=5.0), X, key, K, 3, **SHARED
     )
-    assert batch._restarts_jit._cache_size() == with_prior
+    assert batch.initialize_and_fit_jit._cache_size() == with_prior
     # A static argument does recompile (the counter counts).
     batch.fit_restarts(Gaussian("full"), X, key, K, 2, **SHARED)
-    assert batch._restarts_jit._cache_size() == with_prior + 1
+    assert batch.initialize_and_fit_jit._cache_size() == with_prior + 1
 
     batch.fit_many(Gaussian("full"), Xs[:20], key, K, batch_size=8, **SHARED)
     before = batch._many_from_keys_jit._cache_size()

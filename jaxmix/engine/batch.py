@@ -498,7 +498,7 @@ def _in_slices(run, inputs, n_sets, batch_size):
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
 
 
-def _fit_many(
+def fit_many_keyed(
     family,
     Xs,
     keys,
@@ -638,7 +638,7 @@ def fit_many(
                 f"leading sizes {sorted(leading)}"
             )
     keys = jax.random.split(key, n_sets)
-    return _fit_many(
+    return fit_many_keyed(
         family,
         Xs,
         keys,
@@ -780,15 +780,16 @@ _sweep_jit = jax.jit(_sweep, static_argnames=("max_iter",))
 
 @dataclasses.dataclass(frozen=True)
 class ModelSelection:
-    """Outcome of :func:`select_n_components`: one row per (covariance type, K).
+    """Outcome of :func:`select_n_components`: one row per (family, K).
 
-    Arrays are indexed ``[t, k − 1]`` for covariance type ``covariance_types[t]``
-    and K = k. ``log_likelihood`` is the total (weighted) log-likelihood at the
-    fitted parameters; a non-finite fit gets ``inf`` criteria.
+    Arrays are indexed ``[t, k − 1]`` for family ``families[t]`` (labelled
+    ``labels[t]``, e.g. its covariance type) and K = k. ``log_likelihood`` is
+    the total (weighted) log-likelihood at the fitted parameters; a non-finite
+    fit gets ``inf`` criteria.
     """
 
     families: tuple  # (T,) the families fitted
-    covariance_types: tuple  # (T,) their covariance types (None if not Gaussian)
+    labels: tuple  # (T,) their labels in the table (family.label)
     n_components: np.ndarray  # (K_max,)  1 … K_max
     log_likelihood: np.ndarray  # (T, K_max)
     n_parameters: np.ndarray  # (T, K_max)
@@ -804,29 +805,35 @@ class ModelSelection:
     best_n_components: int
     best: em.FitResult  # the chosen fit, params with best_n_components components
 
-    def model(self, covariance_type=None, n_components=None) -> em.FitResult:
+    @property
+    def covariance_types(self) -> tuple:
+        """The row labels (for Gaussian families, their covariance types)."""
+        return self.labels
+
+    def model(self, label=None, n_components=None) -> em.FitResult:
         """The fit for one row, with its params cut to ``n_components`` components.
 
-        ``covariance_type`` None means the first family; ``n_components`` None
-        the largest K.
+        ``label`` (e.g. a covariance type) None means the first family;
+        ``n_components`` None the largest K.
         """
-        t = self.covariance_types.index(covariance_type) if covariance_type else 0
+        t = self.labels.index(label) if label else 0
         k = self.n_components[-1] if n_components is None else n_components
         fit = jax.tree.map(lambda leaf: leaf[k - 1], self.fits[t])
         return fit._replace(params=_cut_components(fit.params, self.shapes[t][k - 1]))
 
     def table(self) -> str:
         """The table as text, the chosen row marked with ``*``."""
+        width = max(10, *(len(str(label)) for label in self.labels))
         lines = [
-            f"{'covariance':>10} {'K':>3} {'log-lik':>12} {'params':>6} "
+            f"{'model':>{width}} {'K':>3} {'log-lik':>12} {'params':>6} "
             f"{'BIC':>12} {'AIC':>12}"
         ]
-        for t, name in enumerate(self.covariance_types):
+        for t, name in enumerate(self.labels):
             for j, k in enumerate(self.n_components):
                 chosen = t == self.best_type_index and k == self.best_n_components
                 mark = "*" if chosen else " "
                 lines.append(
-                    f"{name or '-':>10} {k:>3} {self.log_likelihood[t, j]:>12.3f} "
+                    f"{name:>{width}} {k:>3} {self.log_likelihood[t, j]:>12.3f} "
                     f"{self.n_parameters[t, j]:>6} {self.bic[t, j]:>12.3f} "
                     f"{self.aic[t, j]:>12.3f} {mark}"
                 )
@@ -844,6 +851,65 @@ def _cut_components(params, shapes):
         params,
         shapes,
     )
+
+
+def _sweep_family(
+    family, X, size_keys, sample_weight, *, n_init, method, tol, max_iter
+):
+    """One family's sweep: starts per K, padded to K_max, fitted in one program.
+
+    Returns ``(best, best_restart, log_likelihood, shapes)``: the best fit per
+    K (batched over K), its restart index, its total log-likelihood, and the
+    K-component params' leaf shapes.
+    """
+    sizes = range(1, len(size_keys) + 1)
+    per_size = [
+        _initialize_restarts(
+            family,
+            jax.random.split(size_keys[k - 1], n_init),
+            X,
+            sample_weight,
+            n_components=k,
+            method=method,
+        )
+        for k in sizes
+    ]
+    shapes = tuple(
+        jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), p)
+        for p in per_size
+    )
+    starts = [_pad_components(p, per_size[-1]) for p in per_size]
+    starts = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
+    best, index, total = _sweep_jit(
+        family, X, starts, tol, sample_weight, max_iter=max_iter
+    )
+    return best, np.asarray(index), np.asarray(total, dtype=np.float64), shapes
+
+
+def _sweep_families(family, covariance_types) -> tuple:
+    """The families of the sweep's rows: one or several, or covariance variants."""
+    families = tuple(family) if isinstance(family, Sequence) else (family,)
+    if not families:
+        raise ValueError("select_n_components needs at least one family")
+    if covariance_types is None:
+        return families
+    if len(families) != 1:
+        raise ValueError("covariance_types goes with a single family")
+    if isinstance(covariance_types, str) or not covariance_types:
+        raise ValueError(
+            "covariance_types must be a non-empty sequence of names, got "
+            f"{covariance_types!r}"
+        )
+    try:
+        return tuple(
+            dataclasses.replace(families[0], covariance_type=name)
+            for name in covariance_types
+        )
+    except TypeError:
+        raise ValueError(
+            f"covariance_types given, but {type(families[0]).__name__} has no "
+            "covariance_type"
+        ) from None
 
 
 def select_n_components(
@@ -871,7 +937,7 @@ def select_n_components(
     component has −inf log weight, takes no responsibility and keeps weight
     zero, so each fit equals the ordinary K-component fit from that start. The
     starts are computed per K (one small compiled initialisation per K); the
-    fits are one program per covariance type.
+    fits are one program per family.
 
     The criteria use the (weighted) log-likelihood at the fitted parameters and
     ``family.n_parameters(K, D)``: BIC = −2 log L + p log N, AIC = −2 log L + 2p,
@@ -880,13 +946,14 @@ def select_n_components(
     likelihood family.
 
     Args:
-      family: the model family.
+      family: the model family, or a sequence of families compared side by side
+        (one row block each, labelled by ``family.label``).
       X: data, shape (N, D).
-      key: a JAX PRNG key (the same key for every covariance type, so the types
-        are compared from comparable starts).
+      key: a JAX PRNG key (the same key for every family, so the families are
+        compared from comparable starts).
       max_components: the largest K.
-      covariance_types: for a Gaussian family, the covariance types to sweep
-        (default: the family's own).
+      covariance_types: shorthand for the variants of one family with these
+        ``covariance_type`` values (Gaussian families).
       n_init: restarts per K; the best (highest final objective) is kept.
       method: initialisation method.
       max_iter: maximum EM iterations.
@@ -917,78 +984,43 @@ def select_n_components(
     _check_weights(sample_weight, (n_samples,), max_components)
     if criterion not in ("bic", "aic"):
         raise ValueError(f"criterion must be 'bic' or 'aic', got {criterion!r}")
-    if covariance_types is None:
-        families = (family,)
-    else:
-        if not hasattr(family, "covariance_type"):
-            raise ValueError(
-                f"covariance_types given, but {type(family).__name__} has no "
-                "covariance_type"
-            )
-        if isinstance(covariance_types, str) or not covariance_types:
-            raise ValueError(
-                "covariance_types must be a non-empty sequence of names, got "
-                f"{covariance_types!r}"
-            )
-        families = tuple(
-            dataclasses.replace(family, covariance_type=name)
-            for name in covariance_types
-        )
-    names = tuple(getattr(f, "covariance_type", None) for f in families)
+    families = _sweep_families(family, covariance_types)
     size_keys = jax.random.split(key, max_components)
-    if sample_weight is None:
-        total_weight = float(n_samples)
-    else:
-        total_weight = float(np.sum(np.asarray(sample_weight)))
     sizes = np.arange(1, max_components + 1)
-
-    fits, best_restart, log_lik, n_params, status, shapes = [], [], [], [], [], []
-    for fam in families:
-        per_size = [
-            _initialize_restarts(
-                fam,
-                jax.random.split(size_keys[k - 1], n_init),
-                X,
-                sample_weight,
-                n_components=int(k),
-                method=method,
-            )
-            for k in sizes
-        ]
-        template = per_size[-1]
-        shapes.append(
-            tuple(
-                jax.tree.map(
-                    lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), p
-                )
-                for p in per_size
-            )
+    rows = [
+        _sweep_family(
+            fam,
+            X,
+            size_keys,
+            sample_weight,
+            n_init=n_init,
+            method=method,
+            tol=tol,
+            max_iter=max_iter,
         )
-        starts = [_pad_components(p, template) for p in per_size]
-        starts = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
-        best, index, total = _sweep_jit(
-            fam, X, starts, tol, sample_weight, max_iter=max_iter
-        )
-        fits.append(best)
-        best_restart.append(np.asarray(index))
-        log_lik.append(np.asarray(total, dtype=np.float64))
-        status.append(np.asarray(best.status))
-        n_params.append([fam.n_parameters(int(k), n_features) for k in sizes])
-
+        for fam in families
+    ]
+    fits, best_restart, log_lik, shapes = (list(column) for column in zip(*rows))
     log_lik = np.stack(log_lik)
-    n_params = np.asarray(n_params)
-    status = np.stack(status)
+    n_params = np.asarray(
+        [[fam.n_parameters(int(k), n_features) for k in sizes] for fam in families]
+    )
+    status = np.stack([np.asarray(fit.status) for fit in fits])
+    total_weight = (
+        float(n_samples)
+        if sample_weight is None
+        else float(np.sum(np.asarray(sample_weight)))
+    )
     finite = np.isfinite(log_lik) & (status != em.NONFINITE)
     bic = np.where(finite, -2 * log_lik + n_params * math.log(total_weight), np.inf)
     aic = np.where(finite, -2 * log_lik + 2 * n_params, np.inf)
     scores = bic if criterion == "bic" else aic
     t, j = np.unravel_index(int(np.argmin(scores)), scores.shape)
-    k = int(sizes[j])
     chosen = jax.tree.map(lambda leaf: leaf[j], fits[t])
     chosen = chosen._replace(params=_cut_components(chosen.params, shapes[t][j]))
     return ModelSelection(
         families=families,
-        covariance_types=names,
+        labels=tuple(fam.label for fam in families),
         n_components=sizes,
         log_likelihood=log_lik,
         n_parameters=n_params,
@@ -1001,6 +1033,6 @@ def select_n_components(
         criterion=criterion,
         best_family=families[t],
         best_type_index=int(t),
-        best_n_components=k,
+        best_n_components=int(sizes[j]),
         best=chosen,
     )

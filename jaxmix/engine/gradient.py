@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmix.engine import em
-from jaxmix.families import charts as _coordinates
+from jaxmix.families import charts
 
 Array = jax.Array
 
@@ -32,12 +32,12 @@ class GradientFitResult(NamedTuple):
 
 def _fit_gradient(family, X, params, *, optimizer, steps):
     n_samples = X.shape[0]
-    scale = _coordinates.data_scale(X)
-    coords = _coordinates.to_unconstrained(family, params, scale)
+    scale = charts.data_scale(X)
+    coords = charts.to_unconstrained(family, params, scale)
     optimizer = optax.with_extra_args_support(optimizer)
 
     def loss(c):
-        current = _coordinates.to_params(family, c, params, scale)
+        current = charts.to_params(family, c, params, scale)
         log_prob = em.log_joint(family, current, X)
         total = jnp.sum(jax.nn.logsumexp(log_prob, axis=1)) + family.log_prior(current)
         return -total / n_samples
@@ -52,9 +52,7 @@ def _fit_gradient(family, X, params, *, optimizer, steps):
 
     start = (coords, optimizer.init(coords))
     (coords, _), trace = jax.lax.scan(step, start, None, length=steps)
-    return GradientFitResult(
-        _coordinates.to_params(family, coords, params, scale), trace
-    )
+    return GradientFitResult(charts.to_params(family, coords, params, scale), trace)
 
 
 _fit_gradient_jit = jax.jit(_fit_gradient, static_argnames=("optimizer", "steps"))

@@ -20,11 +20,30 @@ def _squared_distances(X: Array, centers: Array) -> Array:
     return jnp.sum(jnp.square(X[:, None, :] - centers[None]), axis=-1)
 
 
+def _uniform_index(key, n_samples: int, shape, dtype) -> Array:
+    r"""Indices drawn uniformly from ``range(n_samples)``, without an (N,) array.
+
+    The draw of ``jax.random.choice`` with equal probabilities, worked out in
+    closed form: ``choice`` returns the first :math:`i` whose cumulative
+    probability :math:`(i + 1) / N` reaches :math:`r = 1 - u` for
+    :math:`u \sim U[0, 1)`, that is :math:`i = \lceil N r \rceil - 1`. The same
+    key gives the same index, unless :math:`N r` falls within round-off of an
+    integer (where ``choice``'s rounded cumulative sum decides otherwise). Inside a
+    compiled program, equal probabilities would be an (N,) constant whose
+    cumulative sum XLA folds at compile time: seconds of compilation at
+    N = 200,000.
+    """
+    draws = n_samples * (1 - jax.random.uniform(key, shape, dtype))
+    return jnp.clip(jnp.ceil(draws) - 1, 0, n_samples - 1).astype(int)
+
+
 def _sample_index(key, probabilities: Array, shape=(), fallback=None) -> Array:
     """Indices drawn ∝ probabilities, or ∝ ``fallback`` when they are all zero.
 
     ``fallback`` defaults to uniform; pass the sample weights so that rows of
-    zero weight (padding) are never drawn, even then.
+    zero weight (padding) are never drawn, even then. ``probabilities`` must
+    depend on the data (or on traced weights): a constant would have its
+    cumulative sum folded at compile time (use :func:`_uniform_index`).
     """
     total = jnp.sum(probabilities)
     if fallback is None:
@@ -49,19 +68,30 @@ def kmeans_plusplus(
       ``(centers, indices)``: centers (K, D) and their row indices in X (K,).
     """
     n_samples = X.shape[0]
-    weights = jnp.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
     n_trials = 2 + int(math.log(n_clusters))
     key, first_key = jax.random.split(key)
-    first = _sample_index(first_key, weights)
+    if sample_weight is None:
+        first = _uniform_index(first_key, n_samples, (), X.dtype)
+    else:
+        first = _sample_index(first_key, sample_weight)
     indices = jnp.zeros((n_clusters,), first.dtype).at[0].set(first)
     closest = _squared_distances(X, X[first][None])[:, 0]
 
     def add_center(i, carry):
         indices, closest, key = carry
         key, sub = jax.random.split(key)
-        candidates = _sample_index(sub, weights * closest, (n_trials,), weights)
+        if sample_weight is None:
+            candidates = _sample_index(sub, closest, (n_trials,))
+        else:
+            candidates = _sample_index(
+                sub, sample_weight * closest, (n_trials,), sample_weight
+            )
         distances = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
-        potential = weights @ distances
+        potential = (
+            jnp.sum(distances, axis=0)
+            if sample_weight is None
+            else sample_weight @ distances
+        )
         best = jnp.argmin(potential)
         return (
             indices.at[i].set(candidates[best].astype(indices.dtype)),
