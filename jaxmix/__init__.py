@@ -1,5 +1,8 @@
 """jaxmix: mixture models fitted by expectation-maximization in JAX."""
 
+import importlib
+from typing import TYPE_CHECKING
+
 from jaxmix import families as families
 from jaxmix.engine.em import CONVERGED as CONVERGED
 from jaxmix.engine.em import MAX_ITER as MAX_ITER
@@ -24,9 +27,40 @@ from jaxmix.engine.batch import fit_restarts as fit_restarts
 from jaxmix.engine.batch import pad_datasets as pad_datasets
 from jaxmix.engine.batch import select_n_components as select_n_components
 from jaxmix.engine.gradient import fit_gradient as fit_gradient
-from jaxmix.estimators.bernoulli_mixture import BernoulliMixture as BernoulliMixture
-from jaxmix.estimators.gaussian_mixture import GaussianMixture as GaussianMixture
-from jaxmix.estimators.kmeans import KMeans as KMeans
-from jaxmix.estimators.kmeans import KMedians as KMedians
-from jaxmix.estimators.validation import ConvergenceWarning as ConvergenceWarning
-from jaxmix.estimators.validation import NotFittedError as NotFittedError
+
+# The estimators import scikit-learn when it is installed, which takes longer
+# than importing the rest of jaxmix: they are imported when first used.
+_LAZY = {
+    "BernoulliMixture": "jaxmix.estimators.bernoulli_mixture",
+    "CategoricalMixture": "jaxmix.estimators.categorical_mixture",
+    "GaussianMixture": "jaxmix.estimators.gaussian_mixture",
+    "KMeans": "jaxmix.estimators.kmeans",
+    "KMedians": "jaxmix.estimators.kmeans",
+    "PoissonMixture": "jaxmix.estimators.poisson_mixture",
+    "ConvergenceWarning": "jaxmix.estimators.validation",
+    "NotFittedError": "jaxmix.estimators.validation",
+}
+
+if TYPE_CHECKING:
+    from jaxmix.estimators.bernoulli_mixture import BernoulliMixture as BernoulliMixture
+    from jaxmix.estimators.categorical_mixture import (
+        CategoricalMixture as CategoricalMixture,
+    )
+    from jaxmix.estimators.gaussian_mixture import GaussianMixture as GaussianMixture
+    from jaxmix.estimators.kmeans import KMeans as KMeans
+    from jaxmix.estimators.kmeans import KMedians as KMedians
+    from jaxmix.estimators.poisson_mixture import PoissonMixture as PoissonMixture
+    from jaxmix.estimators.validation import ConvergenceWarning as ConvergenceWarning
+    from jaxmix.estimators.validation import NotFittedError as NotFittedError
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jaxmix' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,14 +1,22 @@
-"""What every scikit-learn-style mixture estimator shares.
+"""What every scikit-learn-style estimator of jaxmix shares.
 
-Subclasses say how to build their family, check their parameters, turn user
-``*_init`` arrays into params and export fitted params as attributes; this base
-runs the restarts as one vmapped compiled fit, keeps the best, and provides the
-scoring methods.
+:class:`EstimatorBase` is the one base of KMeans, KMedians and the mixtures:
+the shared parameters (``n_init``, ``max_iter``, ``tol``, ``random_state``)
+and their constraints, declared once in a class-level table that subclasses
+extend; the validation of parameters and data; the fitted family ``family_``;
+and the padding of small data sets to a few sizes, so that a new number of
+samples rarely compiles a new program. :class:`MixtureEstimator` adds soft EM:
+subclasses say how to build their family, turn user ``*_init`` arrays into
+params and export fitted params as attributes; it runs the restarts as one
+vmapped compiled fit, keeps the best, and provides the scoring methods.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from numbers import Integral, Real
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -16,16 +24,100 @@ import numpy as np
 
 from jaxmix.engine import batch, em, initialization
 from jaxmix.estimators.validation import (
+    SKLEARN,
+    BaseEstimator,
     ConvergenceWarning,
-    ParamsMixin,
-    check_array,
-    check_int,
-    check_option,
-    check_real,
+    DensityMixin,
+    Interval,
+    StrOptions,
+    check_is_fitted,
     check_sample_weight,
     jax_key,
     precision,
+    validate_data,
 )
+
+#: Data sets up to this many samples are padded (see :func:`padded_size`).
+PAD_LIMIT = 1 << 16
+
+
+def padded_size(n_samples: int) -> int:
+    """The number of rows a data set of ``n_samples`` is padded to.
+
+    At least 256, then two sizes per octave (384, 512, 768, ...) up to
+    :data:`PAD_LIMIT`; larger data sets are not padded. The padding rows have
+    weight zero, so the fit is the same (the random starts too: the
+    initialisation draws per-row values whose first N rows do not depend on
+    the padding, and never picks a row of zero weight); but each size is a
+    compiled program of its own, and for small data sets compiling costs far
+    more than fitting (seconds against milliseconds).
+    """
+    if n_samples > PAD_LIMIT:
+        return n_samples
+    size = 256
+    while size < n_samples:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def pad_samples(X: np.ndarray, sample_weight: np.ndarray | None = None):
+    """X and its weights with zero-weight rows appended up to :func:`padded_size`.
+
+    The padding rows repeat the first sample, so they lie in every family's
+    support and every density of them is finite.
+
+    Returns:
+      ``(X, weights)``, shapes (M, D) and (M,) with M ≥ N.
+    """
+    n_samples = X.shape[0]
+    weights = np.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
+    extra = padded_size(n_samples) - n_samples
+    if extra:
+        X = np.concatenate([X, np.repeat(X[:1], extra, axis=0)])
+        weights = np.concatenate([weights, np.zeros(extra, weights.dtype)])
+    return X, weights
+
+
+class EstimatorBase(BaseEstimator):
+    """Base of every jaxmix estimator (not for direct use).
+
+    Subclasses extend :attr:`_parameter_constraints` with their own parameters
+    (scikit-learn's constraint language: ``Interval``, ``StrOptions``,
+    ``"array-like"``, ``"boolean"``, ``"random_state"``, ``None``, or
+    ``"no_validation"`` for a parameter checked against the data later), and
+    set ``family_`` when fitted.
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "family_")
+
+    def _prepare_input(self, X: np.ndarray) -> np.ndarray:
+        """What the model sees of checked data (identity; e.g. a binarization)."""
+        return X
+
+    def _validate_fit_input(self, X, sample_weight, ensure_min_samples: int = 1):
+        """Checked parameters, data (``n_features_in_`` recorded) and weights."""
+        self._validate_params()
+        X = validate_data(self, X, reset=True, ensure_min_samples=ensure_min_samples)
+        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        return self._prepare_input(X), weights
+
+    def _validate_predict_input(self, X) -> np.ndarray:
+        """Checked data for a fitted model, in the model's precision."""
+        check_is_fitted(self)
+        X = self._prepare_input(validate_data(self, X, reset=False))
+        self.family_.check_data(X)
+        return X.astype(self._fitted_dtype(), copy=False)
+
+    def _fitted_dtype(self) -> np.dtype:
+        raise NotImplementedError
 
 
 @jax.jit
@@ -34,31 +126,97 @@ def _log_joint_and_norm(family, params, X):
     return log_prob, jax.nn.logsumexp(log_prob, axis=1)
 
 
-class MixtureEstimator(ParamsMixin):
-    """Base of the mixture estimators (not for direct use)."""
+@functools.partial(
+    jax.jit, static_argnames=("n_components", "method", "max_iter", "batch_size")
+)
+def _fit_restarts(
+    family,
+    X,
+    sample_weight,
+    keys,
+    start,
+    tol,
+    initial_log_likelihood,
+    *,
+    n_components,
+    method,
+    max_iter,
+    batch_size,
+) -> batch.RestartsResult:
+    """One restart per key, fitted by vmapped EM; the best kept. One program.
 
-    _init_methods: tuple[str, ...] = initialization.INIT_METHODS
-    _params_type: type = tuple  # the family's params NamedTuple
-    _param_fields: tuple[str, ...] = ()
+    ``method`` None: every restart starts from ``start``, complete params (the
+    user's ``*_init`` arrays, or a warm start). Otherwise ``start`` is a dict
+    of the fields the user gave, and each restart is initialised by
+    ``method`` with those fields replaced.
+    """
+    if method is not None:
+        return batch.initialize_and_fit(
+            family,
+            X,
+            keys,
+            tol,
+            sample_weight,
+            start or None,
+            n_components=n_components,
+            method=method,
+            max_iter=max_iter,
+            batch_size=batch_size,
+        )
+    n_starts = keys.shape[0]
+    starts = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_starts, *a.shape)), start)
+    results = batch.fit_starts(
+        family,
+        X,
+        starts,
+        tol,
+        sample_weight,
+        initial_log_likelihood,
+        max_iter=max_iter,
+        batch_size=batch_size,
+    )
+    best, index = batch.select_best(results)
+    return batch.RestartsResult(best, results, index)
+
+
+class MixtureEstimator(DensityMixin, EstimatorBase):
+    """Base of the mixture estimators fitted by soft EM (not for direct use).
+
+    Subclasses provide:
+
+    - ``_make_family(X)``: the family to fit, its priors checked against the
+      data X (and data-dependent defaults taken from it); with ``X=None``, the
+      family of a model restored from its arrays (scoring needs no priors);
+    - ``_user_params(X, family)``: the checked ``*_init`` arrays, a dict
+      ``{params field: array}``;
+    - ``_set_fitted(params, dtype)`` and ``_fitted_params()``: fitted params to
+      and from the ``*_`` attributes.
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        **EstimatorBase._parameter_constraints,
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(set(initialization.INIT_METHODS))],
+        "weights_init": ["array-like", None],
+    }
     _nonfinite_message = (
         "Fitting the mixture model failed because some components have "
         "ill-defined empirical covariance (for instance caused by singleton "
         "or collapsed samples). Try to decrease the number of components, "
         "increase reg_covar, or scale the input data."
     )
+    # Not parameters of every mixture: estimators without them are never warm
+    # started and print nothing.
+    warm_start = False
+    verbose = 0
+    verbose_interval = 10
 
     # -- what subclasses provide -------------------------------------------------
-    def _family(self):
+    def _make_family(self, X: np.ndarray | None):
         raise NotImplementedError
 
-    def _check_model_parameters(self, X: np.ndarray) -> None:
-        """Subclass checks (init arrays, priors) after the common ones."""
-
-    def _check_data(self, X: np.ndarray) -> None:
-        """Subclass checks on the data itself (e.g. binary values)."""
-
-    def _user_params(self, X: np.ndarray):
-        """A dict of field -> array from the ``*_init`` arguments."""
+    def _user_params(self, X: np.ndarray, family) -> dict:
+        del X, family
         return {}
 
     def _set_fitted(self, params, dtype) -> None:
@@ -67,86 +225,60 @@ class MixtureEstimator(ParamsMixin):
     def _fitted_params(self):
         raise NotImplementedError
 
+    def _fitted_dtype(self) -> np.dtype:
+        return self.weights_.dtype
+
     # -- fitting -----------------------------------------------------------------
-    def _check_parameters(self, X: np.ndarray) -> None:
-        check_int(self.n_components, "n_components", 1)
-        check_real(self.tol, "tol", 0.0)
-        check_int(self.max_iter, "max_iter", 0)
-        check_int(self.n_init, "n_init", 1)
-        check_option(self.init_params, "init_params", self._init_methods)
-        check_int(self.verbose, "verbose", 0)
-        check_int(self.verbose_interval, "verbose_interval", 1)
-        if X.shape[0] < self.n_components:
+    def _check_n_samples(self, n_samples: int) -> None:
+        if n_samples < self.n_components:
             raise ValueError(
                 "Expected n_samples >= n_components but got "
-                f"n_components = {self.n_components}, n_samples = {X.shape[0]}"
+                f"n_components = {self.n_components}, n_samples = {n_samples}"
             )
-        self._check_model_parameters(X)
 
-    def _validate_fit_input(self, X, sample_weight):
-        X = check_array(X, ensure_min_samples=2)
-        self._check_parameters(X)
-        self._check_data(X)
-        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-        return X, weights
+    def _prepare_fit(self, X, sample_weight):
+        """Checked data, weights, family and user starts, in that order."""
+        X, weights = self._validate_fit_input(X, sample_weight, ensure_min_samples=2)
+        self._check_n_samples(X.shape[0])
+        family = self._make_family(X)
+        family.check_data(X)
+        return X, weights, family, self._user_params(X, family)
 
-    def _fit(self, X, sample_weight=None):
-        X, weights = self._validate_fit_input(X, sample_weight)
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        family = self._family()
+    def _fit(self, X, sample_weight=None) -> np.ndarray:
+        X, weights, family, user = self._prepare_fit(X, sample_weight)
+        fields = set(family.params_type._fields)
+        warm = self.warm_start and self.__sklearn_is_fitted__()
+        n_init, method, initial_ll = self.n_init, self.init_params, -np.inf
+        if warm:
+            start, n_init, method = self._fitted_params(), 1, None
+            initial_ll = self.lower_bound_
+        elif set(user) == fields:  # everything is given: nothing to initialise
+            start, method = family.params_type(**user), None
+        else:
+            start = user
+        data, data_weights = pad_samples(X, weights)
+        n_samples, n_features = data.shape
+        group = min(
+            n_init, batch.default_batch_size(n_samples, self.n_components, n_features)
+        )
         with precision(X.dtype):
-            data = jnp.asarray(X)
-            weights_j = None if weights is None else jnp.asarray(weights)
-            user = {
-                field: jnp.asarray(value, data.dtype)
-                for field, value in self._user_params(X).items()
-            }
-            if do_init and set(user) != set(self._param_fields):
-                # Initialisation and EM of every restart in one program.
-                results = self._initialize_and_fit(family, data, weights_j, user)
-            else:
-                if do_init:  # everything is given: nothing to initialise
-                    start, initial_ll = self._params_type(**user), -np.inf
-                else:
-                    start = jax.tree.map(jnp.asarray, self._fitted_params())
-                    initial_ll = self.lower_bound_
-                n_init = self.n_init if do_init else 1
-                starts = jax.tree.map(
-                    lambda a: jnp.broadcast_to(a, (n_init, *a.shape)), start
-                )
-                results = batch.fit_and_select_jit(
-                    family,
-                    data,
-                    starts,
-                    self.tol,
-                    weights_j,
-                    initial_ll,
-                    max_iter=self.max_iter,
-                )
+            results = _fit_restarts(
+                family,
+                jnp.asarray(data),
+                jnp.asarray(data_weights),
+                jax.random.split(jax_key(self.random_state), n_init),
+                jax.tree.map(lambda a: jnp.asarray(a, X.dtype), start),
+                self.tol,
+                initial_ll,
+                n_components=self.n_components,
+                method=method,
+                max_iter=self.max_iter,
+                batch_size=group,
+            )
             results = jax.device_get(results)
         self._keep_best(results, X.dtype)
-        self.n_features_in_ = X.shape[1]
+        self.family_ = family
         return X
-
-    def _initialize_and_fit(self, family, data, weights, user) -> batch.RestartsResult:
-        n_samples, n_features = data.shape
-        keys = jax.random.split(jax_key(self.random_state), self.n_init)
-        group = min(
-            self.n_init,
-            batch.default_batch_size(n_samples, self.n_components, n_features),
-        )
-        return batch.initialize_and_fit_jit(
-            family,
-            data,
-            keys,
-            self.tol,
-            weights,
-            user or None,
-            n_components=self.n_components,
-            method=self.init_params,
-            max_iter=self.max_iter,
-            batch_size=group,
-        )
 
     def _keep_best(self, restarts: batch.RestartsResult, dtype) -> None:
         """Set the fitted attributes from the restart the driver selected."""
@@ -173,7 +305,7 @@ class MixtureEstimator(ParamsMixin):
                 "init parameters, or increase max_iter, tol, or check for "
                 "degenerate data.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _print_verbose(self, results, n_init) -> None:
@@ -200,7 +332,8 @@ class MixtureEstimator(ParamsMixin):
         """Estimate the parameters by EM (``n_init`` restarts run at once).
 
         Args:
-          X: data, shape (N, D). float32 stays float32, everything else is float64.
+          X: data, shape (N, D): an array, a list or a DataFrame. float32 stays
+            float32, everything else is float64.
           y: ignored.
           sample_weight: optional non-negative weights, shape (N,).
 
@@ -211,19 +344,21 @@ class MixtureEstimator(ParamsMixin):
         self._fit(X, sample_weight)
         return self
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then return the most probable component of every sample."""
         del y
         X = self._fit(X, sample_weight)
-        return self.predict(X)
+        return np.argmax(self._log_resp(X), axis=1)
 
     def fit_many(self, datasets, sample_weight=None, *, batch_size=None):
         """Fit this model to each of many data sets at once (one compiled program).
 
         Every data set gets ``n_init`` restarts of this estimator's settings
-        (``init_params``, ``max_iter``, ``tol``, ``*_init`` arrays), all fitted
-        together by vmapped EM; data sets of different lengths are padded and
-        masked by zero weights. ``warm_start`` and ``verbose`` are ignored.
+        (``init_params``, ``max_iter``, ``tol``, ``*_init`` arrays, priors), all
+        fitted together by vmapped EM; data sets of different lengths are
+        padded and masked by zero weights. ``warm_start`` and ``verbose`` are
+        ignored, and data-dependent prior defaults (e.g. the prior mean of the
+        Gaussian means) come from all data sets pooled.
 
         Args:
           datasets: a list of (N_b, D) arrays, or one (B, N, D) array.
@@ -240,36 +375,23 @@ class MixtureEstimator(ParamsMixin):
         return _fit_many.fit_many(self, datasets, sample_weight, batch_size)
 
     # -- scoring -----------------------------------------------------------------
-    def _check_predict_input(self, X) -> np.ndarray:
-        self._check_is_fitted("converged_")
-        X = check_array(
-            X, n_features=self.n_features_in_, estimator=type(self).__name__
-        )
-        self._check_data(X)
-        return X
-
-    def _log_joint(self, X):
-        X = self._check_predict_input(X)
-        params = self._fitted_params()
-        dtype = params.means.dtype
-        with precision(dtype):
+    def _log_joint(self, X: np.ndarray):
+        """log π_k p(x_n | θ_k), (N, K), and log p(x_n), (N,), of checked data."""
+        n_samples = X.shape[0]
+        data, _ = pad_samples(X)
+        with precision(X.dtype):
             log_prob, log_norm = _log_joint_and_norm(
-                self._family(),
-                jax.tree.map(jnp.asarray, params),
-                jnp.asarray(X.astype(dtype, copy=False)),
+                self.family_,
+                jax.tree.map(jnp.asarray, self._fitted_params()),
+                jnp.asarray(data),
             )
-            return np.asarray(log_prob), np.asarray(log_norm)
+            return (
+                np.asarray(log_prob)[:n_samples],
+                np.asarray(log_norm)[:n_samples],
+            )
 
-    def score_samples(self, X) -> np.ndarray:
-        """Log-likelihood log p(x_n) of every sample, shape (N,)."""
-        return self._log_joint(X)[1]
-
-    def score(self, X, y=None) -> float:
-        """Mean log-likelihood per sample."""
-        del y
-        return float(np.mean(self.score_samples(X)))
-
-    def _log_resp(self, X) -> np.ndarray:
+    def _log_resp(self, X: np.ndarray) -> np.ndarray:
+        """log p(k | x_n), (N, K), of checked data."""
         log_prob, log_norm = self._log_joint(X)
         impossible = np.flatnonzero(np.isneginf(log_norm))
         if impossible.size:
@@ -283,24 +405,70 @@ class MixtureEstimator(ParamsMixin):
             )
         return log_prob - log_norm[:, None]
 
+    def score_samples(self, X) -> np.ndarray:
+        """Log-likelihood log p(x_n) of every sample, shape (N,)."""
+        return self._log_joint(self._validate_predict_input(X))[1]
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per sample (higher is better)."""
+        del y
+        return float(np.mean(self.score_samples(X)))
+
     def predict(self, X) -> np.ndarray:
         """Most probable component of every sample, shape (N,)."""
-        return np.argmax(self._log_resp(X), axis=1)
+        return np.argmax(self._log_resp(self._validate_predict_input(X)), axis=1)
 
     def predict_proba(self, X) -> np.ndarray:
         """Responsibilities p(k | x_n), shape (N, K)."""
-        return np.exp(self._log_resp(X))
+        return np.exp(self._log_resp(self._validate_predict_input(X)))
 
     def _n_parameters(self) -> int:
-        return self._family().n_parameters(self.n_components, self.n_features_in_)
+        return self.family_.n_parameters(self.n_components, self.n_features_in_)
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
-        X = self._check_predict_input(X)
-        n = X.shape[0]
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+        log_likelihood = self.score_samples(X)
+        n_samples = log_likelihood.shape[0]
+        return -2 * np.mean(log_likelihood) * n_samples + self._n_parameters() * np.log(
+            n_samples
+        )
 
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
-        X = self._check_predict_input(X)
-        return -2 * self.score(X) * X.shape[0] + 2 * self._n_parameters()
+        log_likelihood = self.score_samples(X)
+        n_samples = log_likelihood.shape[0]
+        return -2 * np.mean(log_likelihood) * n_samples + 2 * self._n_parameters()
+
+
+def bic_scorer(estimator, X, y=None) -> float:
+    """Minus the BIC of a fitted mixture on X: a scorer for model selection.
+
+    Higher is better, as scikit-learn's scorers are, so
+    ``GridSearchCV(model, grid, scoring=bic_scorer)`` keeps the candidate of
+    lowest BIC on the held-out folds. ``estimator`` is a fitted mixture or a
+    fitted ``Pipeline`` ending in one (X then goes through the other steps).
+
+    Args:
+      estimator: a fitted estimator with a ``bic`` method, or a Pipeline.
+      X: data, shape (N, D).
+      y: ignored.
+
+    Returns:
+      ``-estimator.bic(X)``.
+
+    Examples:
+      >>> import numpy as np, jaxmix
+      >>> from jaxmix.estimators import bic_scorer
+      >>> X = np.random.default_rng(0).normal(size=(200, 2))
+      >>> model = jaxmix.GaussianMixture(1).fit(X)
+      >>> bool(np.isclose(bic_scorer(model, X), -model.bic(X)))
+      True
+    """
+    del y
+    if SKLEARN:
+        from sklearn.pipeline import Pipeline
+
+        if isinstance(estimator, Pipeline):  # X goes through every step but the last
+            X = estimator[:-1].transform(X)
+            estimator = estimator[-1]
+    return -float(estimator.bic(X))

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import numbers
+from numbers import Real
+from typing import ClassVar
 
 import numpy as np
 
 from jaxmix import mixture
 from jaxmix.estimators.base import MixtureEstimator
-from jaxmix.estimators.validation import check_random_state, precision
+from jaxmix.estimators.validation import (
+    Interval,
+    StrOptions,
+    check_is_fitted,
+    check_random_state,
+    precision,
+)
 from jaxmix.families.bernoulli import Bernoulli, BernoulliParams
 
 
@@ -70,6 +78,22 @@ def _check_prior_values(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def _check_mean_prior(prior, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A Beta prior ``(a, b)``, each finite ≥ 1 and broadcastable to ``shape``."""
+    if (
+        isinstance(prior, (str, bytes))
+        or not hasattr(prior, "__len__")
+        or len(prior) != 2
+    ):
+        raise ValueError(
+            f"mean_prior must be a pair (a, b) of Beta parameters, got {prior!r}"
+        )
+    return tuple(
+        _check_prior_values(value, f"mean_prior {name}", shape)
+        for name, value in zip(("a", "b"), prior, strict=True)
+    )
+
+
 class BernoulliMixture(MixtureEstimator):
     r"""Mixture of multivariate Bernoulli distributions, fitted by (MAP) EM.
 
@@ -106,6 +130,9 @@ class BernoulliMixture(MixtureEstimator):
       mean_prior: ``(a, b)`` Beta parameters ≥ 1, each a scalar or broadcastable
         to (K, D); None for maximum likelihood.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      binarize: None (X must already lie in [0, 1]) or a threshold: features
+        above it become 1 and the others 0, in ``fit`` and in every later
+        call, as in scikit-learn's ``BernoulliNB``.
 
     Attributes:
       weights_: (K,) mixing weights.
@@ -125,19 +152,25 @@ class BernoulliMixture(MixtureEstimator):
     # Seeding on single samples ("k-means++", "random_from_data") puts maximum-
     # likelihood means at exactly 0 or 1, where most other samples have zero
     # likelihood: only starts that average over many samples are offered.
-    _init_methods = ("random", "kmeans")
-    _params_type = BernoulliParams
-    _param_fields = BernoulliParams._fields
+    _parameter_constraints: ClassVar[dict] = {
+        **MixtureEstimator._parameter_constraints,
+        "init_params": [StrOptions({"random", "kmeans"})],
+        "means_init": ["array-like", None],
+        "uniform_weights": ["boolean"],
+        "weight_concentration_prior": [
+            Interval(Real, 1.0, None, closed="left"),
+            "array-like",
+            None,
+        ],
+        "mean_prior": "no_validation",  # a pair (a, b), checked in _make_family
+        "binarize": [Interval(Real, None, None, closed="neither"), None],
+    }
     _nonfinite_message = (
         "Fitting the Bernoulli mixture failed: every restart reached a non-finite "
         "log-likelihood (some samples became impossible under every component). "
         "Try init_params='random', fewer components, or a mean_prior=(a, b) with "
         "a, b > 1."
     )
-    # Read by the base class; not parameters of this estimator.
-    verbose = 0
-    verbose_interval = 10
-    warm_start = False
 
     def __init__(
         self,
@@ -153,6 +186,7 @@ class BernoulliMixture(MixtureEstimator):
         weight_concentration_prior=None,
         mean_prior=None,
         random_state=None,
+        binarize=None,
     ):
         self.n_components = n_components
         self.tol = tol
@@ -165,18 +199,27 @@ class BernoulliMixture(MixtureEstimator):
         self.weight_concentration_prior = weight_concentration_prior
         self.mean_prior = mean_prior
         self.random_state = random_state
+        self.binarize = binarize
 
-    def _family(self) -> Bernoulli:
+    def _make_family(self, X: np.ndarray | None) -> Bernoulli:
+        n_features = self.n_features_in_ if X is None else X.shape[1]
         # Priors at their full shapes, (K,) and (K, D): a scalar and an array
         # prior then share one compiled fit.
-        alpha, beta = self.weight_concentration_prior, self.mean_prior
-        n_components = self.n_components
-        if alpha is not None:
-            alpha = np.broadcast_to(np.asarray(alpha, np.float64), (n_components,))
-        if beta is not None:
-            shape = (n_components, self.n_features_in_)
+        alpha = None
+        if self.weight_concentration_prior is not None:
+            shape = (self.n_components,)
+            alpha = np.broadcast_to(
+                _check_prior_values(
+                    self.weight_concentration_prior, "weight_concentration_prior", shape
+                ),
+                shape,
+            )
+        shape = (self.n_components, n_features)
+        beta = None
+        if self.mean_prior is not None:
             beta = tuple(
-                np.broadcast_to(np.asarray(v, np.float64), shape) for v in beta
+                np.broadcast_to(value, shape)
+                for value in _check_mean_prior(self.mean_prior, shape)
             )
         return Bernoulli(
             weight_concentration=alpha,
@@ -184,59 +227,23 @@ class BernoulliMixture(MixtureEstimator):
             uniform_weights=bool(self.uniform_weights),
         )
 
-    def _check_model_parameters(self, X):
-        n_features = X.shape[1]
-        # Read by _family (the base sets it again after the fit).
-        self.n_features_in_ = n_features
-        if not isinstance(self.uniform_weights, (bool, np.bool_)):
-            raise ValueError(
-                f"uniform_weights must be True or False, got {self.uniform_weights!r}"
-            )
-        if self.weight_concentration_prior is not None:
-            _check_prior_values(
-                self.weight_concentration_prior,
-                "weight_concentration_prior",
-                (self.n_components,),
-            )
-        if self.mean_prior is not None:
-            prior = self.mean_prior
-            if (
-                isinstance(prior, (str, bytes))
-                or not hasattr(prior, "__len__")
-                or len(prior) != 2
-            ):
-                raise ValueError(
-                    "mean_prior must be a pair (a, b) of Beta parameters, "
-                    f"got {prior!r}"
-                )
-            for name, value in zip(("a", "b"), prior, strict=True):
-                _check_prior_values(
-                    value, f"mean_prior {name}", (self.n_components, n_features)
-                )
+    def _user_params(self, X: np.ndarray, family: Bernoulli) -> dict:
+        del family
+        user = {}
         if self.weights_init is not None:
             if self.uniform_weights:
                 raise ValueError(
                     "weights_init cannot be combined with uniform_weights=True"
                 )
-            _check_weights(self.weights_init, self.n_components)
-        if self.means_init is not None:
-            _check_means(self.means_init, self.n_components, n_features)
-
-    def _check_data(self, X):
-        low, high = X.min(), X.max()
-        if low < 0 or high > 1:
-            raise ValueError(
-                "BernoulliMixture needs binary data with values in [0, 1], but X "
-                f"has values in [{low:g}, {high:g}]; binarize it first (e.g. X > t)"
-            )
-
-    def _user_params(self, X):
-        user = {}
-        if self.weights_init is not None:
             user["weights"] = _check_weights(self.weights_init, self.n_components)
         if self.means_init is not None:
-            user["means"] = np.asarray(self.means_init, dtype=np.float64)
+            user["means"] = _check_means(self.means_init, self.n_components, X.shape[1])
         return user
+
+    def _prepare_input(self, X: np.ndarray) -> np.ndarray:
+        if self.binarize is None:
+            return X
+        return (X > self.binarize).astype(X.dtype)
 
     def _set_fitted(self, params: BernoulliParams, dtype) -> None:
         self.weights_ = params.weights
@@ -247,7 +254,7 @@ class BernoulliMixture(MixtureEstimator):
 
     def mean(self) -> np.ndarray:
         r"""Mean of the fitted mixture, :math:`E[x] = Σ_k π_k θ_k`, shape (D,)."""
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         with precision(self.means_.dtype):
             return np.asarray(mixture.bernoulli_mean(self.weights_, self.means_))
 
@@ -257,7 +264,7 @@ class BernoulliMixture(MixtureEstimator):
         :math:`Σ_k π_k (\operatorname{diag}(θ_k(1 − θ_k)) + θ_k θ_kᵀ) − E[x]E[x]ᵀ`,
         computed in centred form.
         """
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         with precision(self.means_.dtype):
             return np.asarray(mixture.bernoulli_covariance(self.weights_, self.means_))
 
@@ -268,7 +275,7 @@ class BernoulliMixture(MixtureEstimator):
           ``(X, y)``: samples (n_samples, D) of zeros and ones, grouped by
           component, and their component labels.
         """
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
             raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
         if n_samples < 1:

@@ -29,8 +29,9 @@ class FittedMixtures:
     ``predict``, ``score``, ``bic`` …); iterating yields them all.
     """
 
-    def __init__(self, estimator, params, result, dtype, n_features):
+    def __init__(self, estimator, family, params, result, dtype, n_features):
         self._estimator = estimator
+        self._family = family
         self._params = params
         self._dtype = dtype
         self._n_features = n_features
@@ -50,6 +51,7 @@ class FittedMixtures:
         estimator = type(self._estimator)(**self._estimator.get_params())
         params = jax.tree.map(lambda leaf: np.asarray(leaf[index]), self._params)
         estimator._set_fitted(params, self._dtype)
+        estimator.family_ = self._family  # the fitted family, priors included
         estimator.n_features_in_ = self._n_features
         estimator.converged_ = bool(self.converged_[index])
         estimator.n_iter_ = int(self.n_iter_[index])
@@ -64,46 +66,42 @@ class FittedMixtures:
         return f"FittedMixtures({len(self)} × {self._estimator!r})"
 
 
-def _validate(estimator, datasets, sample_weight):
-    """(Xs (B, N, D), weights (B, N) or None, dtype, smallest data set)."""
-    if isinstance(datasets, np.ndarray | jax.Array) and np.ndim(datasets) == 3:
-        Xs = np.asarray(datasets)
-        n_sets, n_samples, n_features = Xs.shape
-        if n_sets == 0:
-            raise ValueError("datasets holds no data sets")
-        flat = check_array(Xs.reshape(n_sets * n_samples, n_features), name="datasets")
-        Xs = flat.reshape(Xs.shape)
-        smallest = Xs[0]
-        weights = None
-        if sample_weight is not None:
-            weights = (
-                np.stack(
-                    [check_sample_weight(w, n_samples, Xs.dtype) for w in sample_weight]
-                )
-                if len(sample_weight) == n_sets
-                else None
-            )
-            if weights is None:
-                raise ValueError(
-                    f"got {len(sample_weight)} sample weight arrays for {n_sets} "
-                    "data sets"
-                )
-        return Xs, weights, Xs.dtype, smallest, flat
-    if isinstance(datasets, np.ndarray | jax.Array) or not len(datasets):
+def _check_weight_count(sample_weight, n_sets: int) -> None:
+    if len(sample_weight) != n_sets:
         raise ValueError(
-            "datasets must be a non-empty list of (N, D) arrays or a (B, N, D) array"
+            f"got {len(sample_weight)} sample weight arrays for {n_sets} data sets"
         )
+
+
+def _validate_stacked(estimator, Xs, sample_weight):
+    """:func:`_validate` for one (B, N, D) array."""
+    Xs = np.asarray(Xs)
+    n_sets, n_samples, n_features = Xs.shape
+    if n_sets == 0:
+        raise ValueError("datasets holds no data sets")
+    flat = check_array(Xs.reshape(n_sets * n_samples, n_features), name="datasets")
+    flat = estimator._prepare_input(flat)
+    Xs = flat.reshape(Xs.shape)
+    weights = None
+    if sample_weight is not None:
+        _check_weight_count(sample_weight, n_sets)
+        weights = np.stack(
+            [check_sample_weight(w, n_samples, Xs.dtype) for w in sample_weight]
+        )
+    return Xs, weights, flat, Xs[0]
+
+
+def _validate_list(estimator, datasets, sample_weight):
+    """:func:`_validate` for a list of (N_b, D) arrays: padded if ragged."""
     arrays = [
-        check_array(X, name=f"datasets[{i}]", ensure_min_samples=2)
+        estimator._prepare_input(
+            check_array(X, name=f"datasets[{i}]", ensure_min_samples=2)
+        )
         for i, X in enumerate(datasets)
     ]
     weights = None
     if sample_weight is not None:
-        if len(sample_weight) != len(arrays):
-            raise ValueError(
-                f"got {len(sample_weight)} sample weight arrays for {len(arrays)} "
-                "data sets"
-            )
+        _check_weight_count(sample_weight, len(arrays))
         weights = [
             np.ones(X.shape[0], X.dtype)
             if w is None
@@ -121,15 +119,32 @@ def _validate(estimator, datasets, sample_weight):
         Xs, padded_weights = batch.pad_datasets(arrays, weights)
     else:
         Xs, padded_weights = np.stack(arrays), None
-    flat = Xs.reshape(-1, Xs.shape[-1])
-    return Xs, padded_weights, Xs.dtype, smallest, flat
+    return Xs, padded_weights, np.concatenate(arrays), smallest
+
+
+def _validate(estimator, datasets, sample_weight):
+    """Checked data sets: ``(Xs (B, N, D), weights (B, N) or None, pooled, smallest)``.
+
+    ``pooled`` (Σ N_b, D) holds every sample of every data set, without padding.
+    """
+    if isinstance(datasets, np.ndarray | jax.Array) and np.ndim(datasets) == 3:
+        return _validate_stacked(estimator, datasets, sample_weight)
+    if isinstance(datasets, np.ndarray | jax.Array) or not len(datasets):
+        raise ValueError(
+            "datasets must be a non-empty list of (N, D) arrays or a (B, N, D) array"
+        )
+    return _validate_list(estimator, datasets, sample_weight)
 
 
 def fit_many(estimator, datasets, sample_weight=None, batch_size=None):
     """Fit ``estimator``'s model to each data set at once; see ``FittedMixtures``."""
-    Xs, weights, dtype, smallest, flat = _validate(estimator, datasets, sample_weight)
-    estimator._check_parameters(smallest)
-    estimator._check_data(flat)
+    estimator._validate_params()
+    Xs, weights, pooled, smallest = _validate(estimator, datasets, sample_weight)
+    dtype = Xs.dtype
+    estimator._check_n_samples(smallest.shape[0])
+    family = estimator._make_family(pooled)
+    family.check_data(pooled)
+    user = estimator._user_params(smallest, family)
     if weights is not None:
         positive = np.sum(weights > 0, axis=1)
         if np.any(positive < estimator.n_components):
@@ -138,15 +153,13 @@ def fit_many(estimator, datasets, sample_weight=None, batch_size=None):
                 f"positive weight, but one has {int(positive.min())} < "
                 f"n_components = {estimator.n_components}"
             )
-    family = estimator._family()
     n_sets = Xs.shape[0]
     with precision(dtype):
         overrides = {
-            field: jnp.asarray(value, dtype)
-            for field, value in estimator._user_params(smallest).items()
+            field: jnp.asarray(value, dtype) for field, value in user.items()
         } or None
         keys = jax.random.split(jax_key(estimator.random_state), n_sets)
-        result = batch._fit_many(
+        result = batch.fit_many_keyed(
             family,
             Xs,
             keys,
@@ -161,7 +174,7 @@ def fit_many(estimator, datasets, sample_weight=None, batch_size=None):
         )
         result = jax.device_get(result)
     params = jax.tree.map(lambda leaf: np.asarray(leaf, dtype=dtype), result.params)
-    fitted = FittedMixtures(estimator, params, result, dtype, Xs.shape[-1])
+    fitted = FittedMixtures(estimator, family, params, result, dtype, Xs.shape[-1])
     nonfinite = int(np.sum(result.status == em.NONFINITE))
     if nonfinite:
         warnings.warn(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from numbers import Integral, Real
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +13,9 @@ import numpy as np
 from jaxmix import mixture
 from jaxmix.estimators.base import MixtureEstimator
 from jaxmix.estimators.validation import (
-    check_option,
+    Interval,
+    StrOptions,
+    check_is_fitted,
     check_random_state,
     check_real,
     precision,
@@ -58,7 +64,8 @@ def _check_precisions(
     precisions, covariance_type: str, n_components: int, n_features: int
 ) -> np.ndarray:
     precisions = np.asarray(precisions, dtype=np.float64)
-    shape = _covariance.KERNELS[covariance_type].shape(n_components, n_features)
+    kernel = _covariance.KERNELS[covariance_type]
+    shape = kernel.shape(n_components, n_features)
     if precisions.shape != shape:
         raise ValueError(
             f"The parameter '{covariance_type} precision' should have the shape "
@@ -67,127 +74,120 @@ def _check_precisions(
         )
     if not np.all(np.isfinite(precisions)):
         raise ValueError("precisions_init contains NaN or infinity")
-    if covariance_type in ("full", "tied"):
-        matrices = precisions.reshape(-1, n_features, n_features)
-        for matrix in matrices:
-            symmetric = np.allclose(matrix, matrix.T)
-            if not symmetric or np.linalg.eigvalsh(matrix).min() <= 0:
-                raise ValueError(
-                    f"'{covariance_type} precision' should be symmetric, "
-                    "positive-definite"
-                )
-    elif np.any(precisions <= 0):
-        raise ValueError(f"'{covariance_type} precision' should be positive")
+    kernel.check_precisions(precisions, n_features)
     return precisions
 
 
-def _check_positive_definite(matrix, name: str, n_features: int) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape != (n_features, n_features):
-        raise ValueError(
-            f"{name} must have shape ({n_features}, {n_features}), got {matrix.shape}"
-        )
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{name} contains NaN or infinity")
-    if not np.allclose(matrix, matrix.T) or np.linalg.eigvalsh(matrix).min() <= 0:
-        raise ValueError(f"{name} must be symmetric positive definite")
-    return matrix
+@functools.partial(jax.jit, static_argnames="covariance_type")
+def _precision_factors(covariances, covariance_type: str):
+    """Cholesky factors of the precisions, and the precisions: one compiled program.
 
-
-def _resolve_priors(estimator, X: np.ndarray) -> dict:
-    """Checked MAP priors for the Gaussian family, with scikit-learn's defaults.
-
-    Returns the family's keyword arguments (``weight_concentration``,
-    ``mean_prior``, ``mean_precision``, ``degrees_of_freedom``,
-    ``covariance_prior``), None where maximum likelihood. If any of the four
-    normal-inverse-Wishart priors is given, the others default as in
-    ``BayesianGaussianMixture``: κ₀ = 1, m₀ = the data mean, ν₀ = D, Ψ₀ = the
-    data covariance (its diagonal for ``diag``, the mean variance for
-    ``spherical``).
+    Run eagerly, the factorisation's loops would compile anew at every fit.
     """
-    n_features = X.shape[1]
-    covariance_type = estimator.covariance_type
-    dtype = X.dtype
-    alpha = estimator.weight_concentration_prior
-    if alpha is not None:
-        if isinstance(alpha, bool):
-            raise ValueError("weight_concentration_prior must be a number or array")
-        alpha = np.asarray(alpha, dtype=np.float64)
-        if alpha.shape not in ((), (estimator.n_components,)):
-            raise ValueError(
-                "weight_concentration_prior must be a scalar or have shape "
-                f"({estimator.n_components},), got {alpha.shape}"
-            )
-        if not np.all(np.isfinite(alpha)) or np.any(alpha < 1):
-            raise ValueError(
-                "weight_concentration_prior must be finite and >= 1 (the MAP "
-                f"weights exist only for Dirichlet concentrations >= 1), got {alpha}"
-            )
-        alpha = alpha.astype(dtype)
-    priors = dict(
-        weight_concentration=alpha,
-        mean_prior=None,
-        mean_precision=None,
-        degrees_of_freedom=None,
-        covariance_prior=None,
-    )
-    given = (
-        estimator.mean_precision_prior,
-        estimator.mean_prior,
-        estimator.degrees_of_freedom_prior,
-        estimator.covariance_prior,
-    )
-    if all(value is None for value in given):
-        return priors
-    kappa, mean, nu, psi = given
-    kappa = 1.0 if kappa is None else check_real(kappa, "mean_precision_prior", 0.0)
+    kernel = _covariance.KERNELS[covariance_type]
+    prec_chol = kernel.precisions_cholesky(covariances)
+    return prec_chol, kernel.precisions(prec_chol)
+
+
+def _check_weight_concentration(alpha, n_components: int) -> np.ndarray | None:
+    """Dirichlet α on the weights: None, or finite numbers ≥ 1, scalar or (K,)."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, bool):
+        raise ValueError("weight_concentration_prior must be a number or array")
+    alpha = np.asarray(alpha, dtype=np.float64)
+    if alpha.shape not in ((), (n_components,)):
+        raise ValueError(
+            "weight_concentration_prior must be a scalar or have shape "
+            f"({n_components},), got {alpha.shape}"
+        )
+    if not np.all(np.isfinite(alpha)) or np.any(alpha < 1):
+        raise ValueError(
+            "weight_concentration_prior must be finite and >= 1 (the MAP "
+            f"weights exist only for Dirichlet concentrations >= 1), got {alpha}"
+        )
+    return alpha
+
+
+def _check_mean_precision(kappa) -> float:
+    """κ₀ > 0 (scikit-learn's default 1)."""
+    if kappa is None:
+        return 1.0
+    kappa = check_real(kappa, "mean_precision_prior", 0.0)
     if kappa <= 0:
         raise ValueError(f"mean_precision_prior must be positive, got {kappa}")
+    return kappa
+
+
+def _check_mean_prior(mean, X: np.ndarray) -> np.ndarray:
+    """m₀, shape (D,) (default: the data mean)."""
     if mean is None:
         mean = X.mean(axis=0)
     mean = np.asarray(mean, dtype=np.float64)
+    n_features = X.shape[1]
     if mean.shape != (n_features,):
         raise ValueError(
             f"mean_prior must have shape ({n_features},), got {mean.shape}"
         )
     if not np.all(np.isfinite(mean)):
         raise ValueError("mean_prior contains NaN or infinity")
-    nu = (
-        float(n_features)
-        if nu is None
-        else check_real(nu, "degrees_of_freedom_prior", -np.inf)
-    )
+    return mean
+
+
+def _check_degrees_of_freedom(nu, n_features: int) -> float:
+    """ν₀ > D − 1 (default D)."""
+    if nu is None:
+        return float(n_features)
+    nu = check_real(nu, "degrees_of_freedom_prior", -np.inf)
     if nu <= n_features - 1:
         raise ValueError(
             f"degrees_of_freedom_prior must be greater than n_features - 1 = "
             f"{n_features - 1}, got {nu}"
         )
+    return nu
+
+
+def _check_covariance_prior(psi, covariance_type: str, X: np.ndarray):
+    """Ψ₀ in the covariance type's shape (default: from the data covariance)."""
+    kernel = _covariance.KERNELS[covariance_type]
     if psi is None:
-        variances = np.var(X, axis=0, ddof=1)
-        psi = {
-            "full": lambda: np.atleast_2d(np.cov(X.T)),
-            "tied": lambda: np.atleast_2d(np.cov(X.T)),
-            "diag": lambda: variances,
-            "spherical": lambda: variances.mean(),
-        }[covariance_type]()
-    if covariance_type in ("full", "tied"):
-        psi = _check_positive_definite(psi, "covariance_prior", n_features)
-    elif covariance_type == "diag":
-        psi = np.asarray(psi, dtype=np.float64)
-        if psi.shape != (n_features,):
-            raise ValueError(
-                f"covariance_prior for covariance_type='diag' must have shape "
-                f"({n_features},), got {psi.shape}"
-            )
-        if not np.all(np.isfinite(psi)) or np.any(psi <= 0):
-            raise ValueError("covariance_prior must be finite and positive")
-    else:
-        psi = check_real(psi, "covariance_prior", 0.0)
-        if psi <= 0:
-            raise ValueError(f"covariance_prior must be positive, got {psi}")
+        psi = kernel.default_covariance_prior(X)
+    return kernel.check_covariance_prior(psi, X.shape[1])
+
+
+def _resolve_priors(estimator, X: np.ndarray) -> dict:
+    """Checked MAP priors for the Gaussian family, with scikit-learn's defaults.
+
+    Returns the family's keyword arguments (``weight_concentration``, and
+    ``mean_precision``, ``mean_prior``, ``degrees_of_freedom``,
+    ``covariance_prior`` if any of them is given), in the data's dtype; absent
+    or None where maximum likelihood. If any of the four normal-inverse-Wishart
+    priors is given, the others default as in ``BayesianGaussianMixture``:
+    κ₀ = 1, m₀ = the data mean, ν₀ = D, Ψ₀ = the data covariance (its diagonal
+    for ``diag``, the mean variance for ``spherical``).
+    """
+    dtype = X.dtype
+    alpha = _check_weight_concentration(
+        estimator.weight_concentration_prior, estimator.n_components
+    )
+    priors = {"weight_concentration": None if alpha is None else alpha.astype(dtype)}
+    normal_inverse_wishart = (
+        estimator.mean_precision_prior,
+        estimator.mean_prior,
+        estimator.degrees_of_freedom_prior,
+        estimator.covariance_prior,
+    )
+    if all(value is None for value in normal_inverse_wishart):
+        return priors
+    kappa = _check_mean_precision(estimator.mean_precision_prior)
+    mean = _check_mean_prior(estimator.mean_prior, X)
+    nu = _check_degrees_of_freedom(estimator.degrees_of_freedom_prior, X.shape[1])
+    psi = _check_covariance_prior(
+        estimator.covariance_prior, estimator.covariance_type, X
+    )
     priors.update(
-        mean_prior=mean.astype(dtype),
         mean_precision=np.asarray(kappa, dtype),
+        mean_prior=mean.astype(dtype),
         degrees_of_freedom=np.asarray(nu, dtype),
         covariance_prior=np.asarray(psi, dtype),
     )
@@ -243,8 +243,30 @@ class GaussianMixture(MixtureEstimator):
       array([ 1., 10.])
     """
 
-    _params_type = GaussianParams
-    _param_fields = GaussianParams._fields
+    _parameter_constraints: ClassVar[dict] = {
+        **MixtureEstimator._parameter_constraints,
+        "covariance_type": [StrOptions(set(_covariance.COVARIANCE_TYPES))],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "weight_concentration_prior": [
+            Interval(Real, 1.0, None, closed="left"),
+            "array-like",
+            None,
+        ],
+        "mean_precision_prior": [Interval(Real, 0.0, None, closed="neither"), None],
+        "mean_prior": ["array-like", None],
+        # > n_features - 1, checked against the data
+        "degrees_of_freedom_prior": [Interval(Real, 0.0, None, closed="neither"), None],
+        "covariance_prior": [
+            Interval(Real, 0.0, None, closed="neither"),
+            "array-like",
+            None,
+        ],
+    }
 
     def __init__(
         self,
@@ -289,40 +311,29 @@ class GaussianMixture(MixtureEstimator):
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
 
-    def _family(self) -> Gaussian:
-        # The priors resolved at fit time (data-dependent defaults filled in).
-        priors = getattr(self, "_family_priors", {})
+    def _make_family(self, X: np.ndarray | None) -> Gaussian:
+        # Priors are checked against the data, and their data-dependent
+        # defaults (m₀, Ψ₀) taken from it; a restored model keeps none.
+        priors = {} if X is None else _resolve_priors(self, X)
         return Gaussian(
             covariance_type=self.covariance_type, reg_covar=self.reg_covar, **priors
         )
 
-    def _check_model_parameters(self, X):
-        check_option(
-            self.covariance_type, "covariance_type", _covariance.COVARIANCE_TYPES
-        )
-        check_real(self.reg_covar, "reg_covar", 0.0)
-        self._family_priors = _resolve_priors(self, X)
+    def _user_params(self, X: np.ndarray, family: Gaussian) -> dict:
+        del family
         n_features = X.shape[1]
+        user = {}
         if self.weights_init is not None:
-            _check_weights(self.weights_init, self.n_components)
+            user["weights"] = _check_weights(self.weights_init, self.n_components)
         if self.means_init is not None:
-            _check_means(self.means_init, self.n_components, n_features)
+            user["means"] = _check_means(self.means_init, self.n_components, n_features)
         if self.precisions_init is not None:
-            _check_precisions(
+            precisions = _check_precisions(
                 self.precisions_init,
                 self.covariance_type,
                 self.n_components,
                 n_features,
             )
-
-    def _user_params(self, X):
-        user = {}
-        if self.weights_init is not None:
-            user["weights"] = _check_weights(self.weights_init, self.n_components)
-        if self.means_init is not None:
-            user["means"] = np.asarray(self.means_init, dtype=np.float64)
-        if self.precisions_init is not None:
-            precisions = np.asarray(self.precisions_init, dtype=np.float64)
             user["covariances"] = _covariance.covariances_from_precisions(
                 precisions, self.covariance_type
             )
@@ -332,11 +343,12 @@ class GaussianMixture(MixtureEstimator):
         self.weights_ = params.weights
         self.means_ = params.means
         self.covariances_ = params.covariances
-        kernel = _covariance.KERNELS[self.covariance_type]
         with precision(dtype):
-            prec_chol = kernel.precisions_cholesky(params.covariances)
+            prec_chol, precisions = _precision_factors(
+                params.covariances, self.covariance_type
+            )
             self.precisions_cholesky_ = np.asarray(prec_chol, dtype=dtype)
-            self.precisions_ = np.asarray(kernel.precisions(prec_chol), dtype=dtype)
+            self.precisions_ = np.asarray(precisions, dtype=dtype)
 
     def _fitted_params(self) -> GaussianParams:
         return GaussianParams(self.weights_, self.means_, self.covariances_)
@@ -346,7 +358,7 @@ class GaussianMixture(MixtureEstimator):
 
     def mean(self) -> np.ndarray:
         r"""Mean of the fitted mixture, :math:`E[x] = Σ_k π_k μ_k`, shape (D,)."""
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         with precision(self.means_.dtype):
             return np.asarray(mixture.mean(self._fitted_jax()))
 
@@ -356,7 +368,7 @@ class GaussianMixture(MixtureEstimator):
         :math:`Cov[x] = Σ_k π_k (Σ_k + μ_k μ_kᵀ) − E[x]E[x]ᵀ`, computed in the
         centred form :math:`Σ_k π_k Σ_k + Σ_k π_k (μ_k − E[x])(μ_k − E[x])ᵀ`.
         """
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         with precision(self.means_.dtype):
             return np.asarray(
                 mixture.covariance(self._fitted_jax(), self.covariance_type)
@@ -376,7 +388,7 @@ class GaussianMixture(MixtureEstimator):
         Returns:
           A copy of X without NaN.
         """
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         X = np.asarray(X, dtype=self.means_.dtype)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -392,7 +404,7 @@ class GaussianMixture(MixtureEstimator):
           ``(X, y)``: samples (n_samples, D), grouped by component, and their
           component labels.
         """
-        self._check_is_fitted("converged_")
+        check_is_fitted(self)
         if n_samples < 1:
             raise ValueError(
                 f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
@@ -400,23 +412,12 @@ class GaussianMixture(MixtureEstimator):
             )
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_.astype(np.float64))
-        n_features = self.means_.shape[1]
         blocks = []
+        kernel = _covariance.KERNELS[self.covariance_type]
         for k, count in enumerate(counts):
-            if self.covariance_type == "full":
-                block = rng.multivariate_normal(
-                    self.means_[k], self.covariances_[k], count
-                )
-            elif self.covariance_type == "tied":
-                block = rng.multivariate_normal(
-                    self.means_[k], self.covariances_, count
-                )
-            else:
-                scale = np.sqrt(self.covariances_[k])
-                block = (
-                    self.means_[k] + rng.standard_normal((count, n_features)) * scale
-                )
-            blocks.append(block)
+            blocks.append(
+                kernel.sample_numpy(rng, self.means_[k], self.covariances_, k, count)
+            )
         labels = np.concatenate(
             [np.full(c, k, dtype=int) for k, c in enumerate(counts)]
         )

@@ -13,20 +13,25 @@ program.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
+from numbers import Integral
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmix.engine import batch, em, initialization
+from jaxmix.estimators.base import EstimatorBase, pad_samples
 from jaxmix.estimators.validation import (
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
     ConvergenceWarning,
-    ParamsMixin,
-    check_array,
-    check_int,
-    check_real,
+    Interval,
+    StrOptions,
+    TransformerMixin,
     check_sample_weight,
     jax_key,
     precision,
@@ -132,10 +137,24 @@ def _costs(family, X, centers):
     )
 
 
-class _HardClustering(ParamsMixin):
-    """What KMeans and KMedians share (not for direct use)."""
+class _HardClustering(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, EstimatorBase
+):
+    """What KMeans and KMedians share (not for direct use).
 
-    _cost = ""
+    Subclasses provide ``_make_family()`` (the hard-clustering family of the
+    fitted model, ``family_``) and ``_distance(costs)`` (``transform``'s
+    distances from assignment costs), and optionally ``_fit_family(family, X)``
+    (the family the fit runs with, e.g. with the data's sort order),
+    ``_chunk_size(n_samples)`` and ``_check_convergence(converged)``.
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        **EstimatorBase._parameter_constraints,
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions(set(_SEEDING)), "array-like"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def __init__(
         self,
@@ -154,21 +173,38 @@ class _HardClustering(ParamsMixin):
         self.tol = tol
         self.random_state = random_state
 
-    def _family(self, X: np.ndarray):
+    def _make_family(self):
         raise NotImplementedError
 
+    def _fit_family(self, family, X: np.ndarray):
+        del X
+        return family
+
     def _chunk_size(self, n_samples: int) -> int | None:
+        del n_samples
         return None
+
+    def _check_convergence(self, converged: bool) -> None:
+        """Warn after a fit that stopped at ``max_iter`` (K-means does not)."""
+        del converged
+
+    def _fitted_dtype(self) -> np.dtype:
+        return self.cluster_centers_.dtype
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``: one distance per centre."""
+        return self.cluster_centers_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
 
     # -- validation --------------------------------------------------------------
     def _check_init(self, X: np.ndarray):
         """None and the method, or the user's centres and None."""
         if isinstance(self.init, str):
-            if self.init not in _SEEDING:
-                raise ValueError(
-                    f"init must be one of {tuple(_SEEDING)} or an array of shape "
-                    f"(n_clusters, n_features), got {self.init!r}"
-                )
             return None, self.init
         try:
             centers = np.asarray(self.init, dtype=np.float64)
@@ -185,37 +221,30 @@ class _HardClustering(ParamsMixin):
             raise ValueError("init contains NaN or infinity")
         return centers.astype(X.dtype), None
 
-    def _validate(self, X, sample_weight):
-        X = check_array(X)
-        check_int(self.n_clusters, "n_clusters", 1)
-        check_int(self.n_init, "n_init", 1)
-        check_int(self.max_iter, "max_iter", 1)
-        check_real(self.tol, "tol", 0.0)
+    def _check_n_samples(self, X: np.ndarray, weights) -> None:
         if X.shape[0] < self.n_clusters:
             raise ValueError(
                 f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}."
             )
-        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
         if weights is not None and np.count_nonzero(weights) < self.n_clusters:
             raise ValueError(
                 f"sample_weight has {np.count_nonzero(weights)} positive entries, "
                 f"fewer than n_clusters={self.n_clusters}"
             )
-        return X, weights
 
-    def _check_fitted_input(self, X) -> np.ndarray:
-        self._check_is_fitted("cluster_centers_")
-        X = check_array(
-            X, n_features=self.n_features_in_, estimator=type(self).__name__
-        )
-        return X.astype(self.cluster_centers_.dtype, copy=False)
+    def _relative_tol(self, X: np.ndarray) -> float:
+        """scikit-learn's tolerance: ``tol`` × the mean variance of the features."""
+        if self.tol == 0:
+            return 0.0
+        return float(np.mean(np.var(X, axis=0, dtype=np.float64))) * self.tol
 
     # -- fitting -----------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
         """Cluster X (``n_init`` restarts at once; the lowest inertia is kept).
 
         Args:
-          X: data, shape (N, D). float32 stays float32, everything else float64.
+          X: data, shape (N, D): an array, a list or a DataFrame. float32 stays
+            float32, everything else float64.
           y: ignored.
           sample_weight: optional non-negative weights, shape (N,).
 
@@ -223,7 +252,8 @@ class _HardClustering(ParamsMixin):
           self.
         """
         del y
-        X, weights = self._validate(X, sample_weight)
+        X, weights = self._validate_fit_input(X, sample_weight)
+        self._check_n_samples(X, weights)
         centers, init = self._check_init(X)
         n_init = self.n_init
         if centers is not None and n_init != 1:
@@ -234,33 +264,29 @@ class _HardClustering(ParamsMixin):
                 stacklevel=2,
             )
             n_init = 1
-        # scikit-learn's tolerance: relative to the mean variance of the features.
-        tol = 0.0
-        if self.tol > 0:
-            tol = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * self.tol
+        family = self._make_family()
+        data, data_weights = pad_samples(X, weights)
         keys = jax.random.split(jax_key(self.random_state), n_init)
         with precision(X.dtype):
-            family = self._family(X)
-            data = jnp.asarray(X)
             results = _fit_restarts(
-                family,
-                data,
-                None if weights is None else jnp.asarray(weights),
+                self._fit_family(family, data),
+                jnp.asarray(data),
+                jnp.asarray(data_weights),
                 keys,
                 None if centers is None else jnp.asarray(centers),
-                jnp.asarray(tol, X.dtype),
+                jnp.asarray(self._relative_tol(X), X.dtype),
                 n_clusters=self.n_clusters,
                 init=init,
                 max_iter=self.max_iter,
-                chunk_size=self._chunk_size(X.shape[0]),
+                chunk_size=self._chunk_size(data.shape[0]),
             )
             means, labels, inertia, n_iter, status = jax.device_get(results)
         self.cluster_centers_ = np.asarray(means, dtype=X.dtype)
-        self.labels_ = np.asarray(labels, dtype=np.int32)
+        self.labels_ = np.asarray(labels[: X.shape[0]], dtype=np.int32)
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
-        self.n_features_in_ = X.shape[1]
-        self._converged = bool(status == em.CONVERGED)
+        self.family_ = family
+        self._check_convergence(bool(status == em.CONVERGED))
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
@@ -272,29 +298,37 @@ class _HardClustering(ParamsMixin):
         return self.fit(X, y, sample_weight).transform(X)
 
     # -- using a fitted model ----------------------------------------------------
-    def _run(self, function, X, *args):
-        X = self._check_fitted_input(X)
-        with precision(X.dtype):
-            family = self._family(None)
-            arrays = [jnp.asarray(a) for a in (X, self.cluster_centers_, *args)]
-            return np.asarray(function(family, *arrays))
+    def _padded_input(self, X, sample_weight=None):
+        """``(data, weights, N)``: checked X and weights, padded as in ``fit``."""
+        X = self._validate_predict_input(X)
+        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        data, weights = pad_samples(X, weights)
+        return data, weights, X.shape[0]
 
     def predict(self, X) -> np.ndarray:
         """The nearest centre of every sample (the first on ties), shape (N,)."""
-        return self._run(_predict, X).astype(np.int32)
+        data, _, n_samples = self._padded_input(X)
+        with precision(data.dtype):
+            centers = jnp.asarray(self.cluster_centers_)
+            labels = _predict(self.family_, jnp.asarray(data), centers)
+            return np.asarray(labels[:n_samples], dtype=np.int32)
 
     def transform(self, X) -> np.ndarray:
         """Distances of every sample to every centre, shape (N, K)."""
-        return self._distance(self._run(_costs, X))
+        data, _, n_samples = self._padded_input(X)
+        with precision(data.dtype):
+            centers = jnp.asarray(self.cluster_centers_)
+            costs = np.asarray(_costs(self.family_, jnp.asarray(data), centers))
+        return self._distance(costs[:n_samples])
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the objective on X (minus the inertia)."""
         del y
-        X = self._check_fitted_input(X)
-        weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-        if weights is None:
-            weights = np.ones(X.shape[0], X.dtype)
-        return -float(self._run(_score, X, weights))
+        data, weights, _ = self._padded_input(X, sample_weight)
+        with precision(data.dtype):
+            centers = jnp.asarray(self.cluster_centers_)
+            inertia = _score(self.family_, jnp.asarray(data), centers, weights)
+            return -float(inertia)
 
 
 class KMeans(_HardClustering):
@@ -338,8 +372,7 @@ class KMeans(_HardClustering):
       array([0, 1], dtype=int32)
     """
 
-    def _family(self, X):
-        del X
+    def _make_family(self) -> IsotropicGaussian:
         return IsotropicGaussian(variance=1.0, uniform_weights=True)
 
     @staticmethod
@@ -407,22 +440,21 @@ class KMedians(_HardClustering):
     def _distance(costs: np.ndarray) -> np.ndarray:
         return costs  # the cost is the L1 distance
 
-    def _family(self, X):
-        if X is None:  # assignment only: no medians, no sorting
-            return Laplace(scale=1.0, uniform_weights=True)
-        # Sort the columns once on the host, outside the compiled loop.
-        order = np.argsort(X, axis=0, kind="stable").astype(np.int32)
-        return Laplace(scale=1.0, uniform_weights=True, order=jnp.asarray(order))
+    def _make_family(self) -> Laplace:
+        return Laplace(scale=1.0, uniform_weights=True)
 
-    def fit(self, X, y=None, sample_weight=None):
-        super().fit(X, y, sample_weight)
-        if not self._converged and self.tol == 0:
+    def _fit_family(self, family: Laplace, X: np.ndarray) -> Laplace:
+        # The medians need the columns sorted: once, on the host, outside the
+        # compiled loop. The order belongs to the training data, not to the
+        # fitted model (family_ has none).
+        order = np.argsort(X, axis=0, kind="stable").astype(np.int32)
+        return dataclasses.replace(family, order=jnp.asarray(order))
+
+    def _check_convergence(self, converged: bool) -> None:
+        if not converged and self.tol == 0:
             warnings.warn(
                 f"KMedians stopped after max_iter={self.max_iter} iterations "
                 "before reaching a fixed point; increase max_iter.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self
-
-    fit.__doc__ = _HardClustering.fit.__doc__

@@ -1,0 +1,249 @@
+"""The estimators' shared base: declared parameters, the fitted family, padding,
+families without means, and the stand-ins used without scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import gammaln, logsumexp
+
+import jaxmix
+from jaxmix.estimators.base import (
+    PAD_LIMIT,
+    EstimatorBase,
+    MixtureEstimator,
+    padded_size,
+)
+from jaxmix.families.poisson import Poisson, PoissonParams
+
+ESTIMATOR_NAMES = sorted(
+    name
+    for name in jaxmix._LAZY
+    if isinstance(getattr(jaxmix, name), type)
+    and issubclass(getattr(jaxmix, name), EstimatorBase)
+)
+
+
+@pytest.mark.parametrize("name", ESTIMATOR_NAMES)
+def test_every_parameter_is_declared(name):
+    # One table of constraints per estimator, covering every __init__ parameter.
+    cls = getattr(jaxmix, name)
+    assert set(cls._get_param_names()) == set(cls._parameter_constraints)
+
+
+def test_padded_sizes():
+    sizes = {padded_size(n) for n in range(1, PAD_LIMIT + 1)}
+    assert min(sizes) == 256 and max(sizes) == PAD_LIMIT
+    assert len(sizes) == 2 * 8 + 1  # two per octave from 2^8 to 2^16
+    for n in [1, 255, 256, 257, 385, 1000, 40000, PAD_LIMIT]:
+        assert n <= padded_size(n) <= max(256, 1.5 * n)
+    assert padded_size(PAD_LIMIT + 1) == PAD_LIMIT + 1
+
+
+def blobs(n_samples=150, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [5.0, 1.0], [1.0, 6.0]])
+    return centres[np.arange(n_samples) % 3] + rng.normal(size=(n_samples, 2))
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random"])
+def test_zero_weight_rows_change_nothing(init_params):
+    # What padding relies on: rows of weight zero after the data change neither
+    # the random start nor the fit (150 and 200 rows share a padded size).
+    X = blobs()
+    junk = np.random.default_rng(1).normal(50.0, 10.0, size=(50, 2))
+    weights = np.r_[np.ones(len(X)), np.zeros(len(junk))]
+    model = jaxmix.GaussianMixture(3, init_params=init_params, random_state=0)
+    alone = model.fit(X)
+    padded = jaxmix.GaussianMixture(3, init_params=init_params, random_state=0).fit(
+        np.vstack([X, junk]), sample_weight=weights
+    )
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(
+            getattr(padded, name), getattr(alone, name), rtol=1e-9, atol=1e-12
+        )
+    assert padded.n_iter_ == alone.n_iter_
+
+
+def test_fitted_family_keeps_the_priors():
+    X = blobs()
+    prior = dict(mean_precision_prior=2.0, covariance_prior=np.eye(2))
+    model = jaxmix.GaussianMixture(3, random_state=0, **prior).fit(X)
+    np.testing.assert_array_equal(model.family_.mean_prior, X.mean(axis=0))
+    assert float(model.family_.mean_precision) == 2.0
+    # A model rebuilt from fit_many has the family it was fitted with.
+    parts = [X[:75], X[75:]]
+    fits = jaxmix.GaussianMixture(3, random_state=0, **prior).fit_many(parts)
+    for part, rebuilt in zip(parts, fits, strict=True):
+        family = rebuilt.family_
+        np.testing.assert_array_equal(family.covariance_prior, np.eye(2))
+        assert float(family.mean_precision) == 2.0
+        # data-dependent defaults come from all data sets pooled
+        np.testing.assert_allclose(family.mean_prior, X.mean(axis=0), rtol=1e-12)
+        assert np.all(np.isfinite(rebuilt.score_samples(part)))
+
+
+class _Counts(MixtureEstimator):
+    """A minimal estimator on the Poisson family, whose params have no ``means``."""
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        tol=1e-3,
+        max_iter=100,
+        n_init=1,
+        init_params="random",
+        weights_init=None,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.tol = tol
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.random_state = random_state
+
+    def _make_family(self, X):
+        return Poisson()
+
+    def _set_fitted(self, params, dtype):
+        self.weights_, self.rates_ = params.weights, params.rates
+
+    def _fitted_params(self):
+        return PoissonParams(self.weights_, self.rates_)
+
+
+def test_base_needs_no_means_field():
+    rng = np.random.default_rng(3)
+    rates = np.array([[1.0, 8.0, 0.5], [6.0, 1.0, 3.0]])
+    X = rng.poisson(rates[np.arange(120) % 2]).astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _Counts(2, n_init=2, random_state=0).fit(X)
+    assert model.rates_.shape == (2, 3)
+    # score_samples against float64 NumPy: log Σ_k π_k Π_d Poisson(x_d; λ_kd).
+    log_joint = (
+        X @ np.log(model.rates_).T
+        - model.rates_.sum(axis=1)
+        - gammaln(X + 1).sum(axis=1, keepdims=True)
+        + np.log(model.weights_)
+    )
+    expected = logsumexp(log_joint, axis=1)
+    np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-10)
+    np.testing.assert_array_equal(model.predict(X), log_joint.argmax(axis=1))
+    n_parameters = 2 * 3 + 1
+    assert model.bic(X) == pytest.approx(
+        -2 * expected.sum() + n_parameters * np.log(len(X)), rel=1e-10
+    )
+    with pytest.raises(ValueError, match="non-negative|counts"):
+        model.predict(-X)
+    fits = _Counts(2, random_state=0).fit_many([X[:60], X[60:]])
+    assert fits.rates_.shape == (2, 2, 3)
+
+
+def test_bernoulli_binarize_threshold():
+    # As scikit-learn's BernoulliNB: features above the threshold are 1.
+    X = blobs(120)
+    binary = (X > 1.0).astype(np.float64)
+    model = jaxmix.BernoulliMixture(2, binarize=1.0, random_state=0).fit(X)
+    reference = jaxmix.BernoulliMixture(2, random_state=0).fit(binary)
+    np.testing.assert_array_equal(model.means_, reference.means_)
+    np.testing.assert_array_equal(
+        model.predict_proba(X), reference.predict_proba(binary)
+    )
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        reference.predict(X)
+
+
+WITHOUT_SKLEARN = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    import numpy as np
+
+    class NoScikitLearn(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "sklearn":
+                raise ImportError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, NoScikitLearn())
+    import jaxmix
+    from jaxmix.estimators import bic_scorer, validation
+
+    out = {"sklearn": validation.SKLEARN, "errors": {}}
+    X = np.asarray(json.loads(sys.argv[1]))
+
+    def error(key, call):
+        try:
+            call()
+        except Exception as exception:
+            out["errors"][key] = [type(exception).__name__, str(exception)]
+
+    model = jaxmix.GaussianMixture(2, random_state=0, n_init=2)
+    out["repr"] = repr(model)
+    out["params"] = sorted(model.get_params())
+    error("before fit", lambda: model.predict(X))
+    model.fit(X.tolist())
+    out["means"] = model.means_.tolist()
+    out["bic"] = [model.bic(X), -bic_scorer(model, X)]
+    error("n_init", lambda: jaxmix.GaussianMixture(n_init=0).fit(X))
+    error("covariance_type", lambda: jaxmix.GaussianMixture(covariance_type="x").fit(X))
+    error("features", lambda: model.predict(X[:, :1]))
+    error("nan", lambda: model.fit(np.where(X > 1, np.nan, X)))
+    error("set_params", lambda: model.set_params(bogus=1))
+    kmeans = jaxmix.KMeans(2, init=X[:2]).fit(X)
+    out["centers"] = kmeans.cluster_centers_.tolist()
+    out["names"] = kmeans.get_feature_names_out().tolist()
+    import scipy.sparse
+    error("sparse", lambda: jaxmix.KMeans(2).fit(scipy.sparse.csr_matrix(X)))
+    print(json.dumps(out))
+    """
+)
+
+
+def test_works_without_scikit_learn():
+    X = blobs(40)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(
+        [env.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
+    ).strip()
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SKLEARN, json.dumps(X.tolist())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["sklearn"] is False
+    assert out["repr"] == "GaussianMixture(n_components=2, n_init=2, random_state=0)"
+    assert out["params"] == sorted(jaxmix.GaussianMixture().get_params())
+    errors = out["errors"]
+    assert errors["before fit"][0] == "NotFittedError"
+    assert errors["n_init"][0] == "InvalidParameterError"
+    assert "'n_init' parameter of GaussianMixture" in errors["n_init"][1]
+    assert "'covariance_type'" in errors["covariance_type"][1]
+    assert (
+        "X has 1 features, but GaussianMixture is expecting 2"
+        in (errors["features"][1])
+    )
+    assert "NaN" in errors["nan"][1]
+    assert errors["set_params"][0] == "ValueError"
+    assert errors["sparse"][0] == "TypeError"
+    assert out["names"] == ["kmeans0", "kmeans1"]
+    # The same fits as with scikit-learn installed: only the checks differ.
+    with_sklearn = jaxmix.GaussianMixture(2, random_state=0, n_init=2).fit(X)
+    np.testing.assert_allclose(out["means"], with_sklearn.means_, rtol=1e-12)
+    assert out["bic"][0] == pytest.approx(with_sklearn.bic(X), rel=1e-12)
+    assert out["bic"][1] == out["bic"][0]
+    kmeans = jaxmix.KMeans(2, init=X[:2]).fit(X)
+    np.testing.assert_allclose(out["centers"], kmeans.cluster_centers_, rtol=1e-12)
