@@ -398,63 +398,6 @@ def test_bernoulli_maximum_likelihood_with_means_at_zero_and_one():
 
 
 # ---------------------------------------------------------------------------
-# Contract: every family's own E-step and M-step pass every check
-# ---------------------------------------------------------------------------
-
-# (id, family, data, L-BFGS steps); steps match the tests above, so a family's
-# check compiles once.
-FAMILIES = [
-    ("gaussian-full", Gaussian("full"), X, STEPS["full"]),
-    ("gaussian-tied", Gaussian("tied"), X, STEPS["tied"]),
-    ("gaussian-diag", Gaussian("diag"), X, STEPS["diag"]),
-    ("gaussian-spherical", Gaussian("spherical"), X, STEPS["spherical"]),
-    ("gaussian-fixed-variance", Gaussian("spherical", variance=0.5), X, 0),
-    ("gaussian-uniform-weights", Gaussian("diag", uniform_weights=True), X, 0),
-    *[
-        (
-            f"gaussian-map-{kind}",
-            Gaussian(
-                kind,
-                weight_concentration=2.0,
-                mean_prior=np.ones(2),
-                mean_precision=0.5,
-                degrees_of_freedom=3.0,
-                covariance_prior=psi,
-            ),
-            X,
-            0,
-        )
-        for kind, psi in (
-            ("full", np.array([[1.0, 0.2], [0.2, 0.5]])),
-            ("tied", np.array([[1.0, 0.2], [0.2, 0.5]])),
-            ("diag", np.array([1.0, 0.5])),
-            ("spherical", 0.75),
-        )
-    ],
-    ("bernoulli", Bernoulli(), XB, 0),
-    ("bernoulli-map", Bernoulli(weight_concentration=ALPHA, mean_prior=(A, B)), XB, 50),
-]
-
-
-@pytest.mark.parametrize(
-    ("family", "data", "steps"),
-    [f[1:] for f in FAMILIES],
-    ids=[f[0] for f in FAMILIES],
-)
-def test_every_family_passes_every_check(family, data, steps):
-    # The family's M-step; with reg_covar = 1e-6 by default, which the checker drops.
-    report = check.check_m_step(family, data, maximize_steps=steps)
-    assert report.ok, str(report)
-    params = jax.tree.map(jnp.asarray, report.params)
-    assert check.check_e_step(family, params, data).ok
-    fisher = check.check_fisher_identity(family, params, data)
-    assert fisher.ok, str(fisher)
-    result = jaxmix.fit(family, jnp.asarray(data), params, max_iter=30, tol=0.0)
-    monotone = check.check_monotone(result)
-    assert monotone.ok and monotone.n_iter == 30, str(monotone)
-
-
-# ---------------------------------------------------------------------------
 # The checker's gradients against gradients of Q derived by hand
 # ---------------------------------------------------------------------------
 

@@ -3,9 +3,13 @@
 from jaxmix.families.bernoulli import Bernoulli as Bernoulli
 from jaxmix.families.bernoulli import BernoulliParams as BernoulliParams
 from jaxmix.families.bernoulli import BernoulliStats as BernoulliStats
+from jaxmix.families.categorical import Categorical as Categorical
 from jaxmix.families.gaussian import Gaussian as Gaussian
 from jaxmix.families.gaussian import GaussianParams as GaussianParams
 from jaxmix.families.gaussian import GaussianStats as GaussianStats
 from jaxmix.families.isotropic import IsotropicGaussian as IsotropicGaussian
 from jaxmix.families.laplace import Laplace as Laplace
 from jaxmix.families.laplace import LaplaceParams as LaplaceParams
+from jaxmix.families.poisson import Poisson as Poisson
+from jaxmix.families.poisson import PoissonParams as PoissonParams
+from jaxmix.families.poisson import PoissonStats as PoissonStats
