@@ -122,9 +122,9 @@ class Loadable:
 
 def _covariance_shape(dims: dict, params: dict) -> tuple[int, ...]:
     """scikit-learn's shape of covariances for the model's covariance type."""
-    from jaxmix.families import _covariance
+    from jaxmix.families import covariance_kernels
 
-    kernel = _covariance.KERNELS[params["covariance_type"]]
+    kernel = covariance_kernels.KERNELS[params["covariance_type"]]
     return kernel.shape(dims["K"], dims["D"])
 
 

@@ -33,12 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.families import _covariance
+from jaxmix.families import covariance_kernels
 from jaxmix.families.gaussian import GaussianParams
 
 Array = jax.Array
 
-COVARIANCE_TYPES = _covariance.COVARIANCE_TYPES
+COVARIANCE_TYPES = covariance_kernels.COVARIANCE_TYPES
 
 
 # ----------------------------------------------------------------------------
@@ -49,7 +49,7 @@ COVARIANCE_TYPES = _covariance.COVARIANCE_TYPES
 def _covariance_type(covariance_type) -> str:
     """The covariance type name from a string or a Gaussian family."""
     name = getattr(covariance_type, "covariance_type", covariance_type)
-    if not isinstance(name, str) or name not in _covariance.KERNELS:
+    if not isinstance(name, str) or name not in covariance_kernels.KERNELS:
         raise ValueError(
             f"covariance_type must be one of {COVARIANCE_TYPES} or a Gaussian "
             f"family, got {covariance_type!r}"
@@ -68,7 +68,9 @@ def _check_params(params: GaussianParams, covariance_type: str) -> tuple[int, in
             f"weights must have shape ({n_components},) to match means {means}, "
             f"got {weights}"
         )
-    expected = _covariance.KERNELS[covariance_type].shape(n_components, n_features)
+    expected = covariance_kernels.KERNELS[covariance_type].shape(
+        n_components, n_features
+    )
     if covariances != expected:
         raise ValueError(
             f"{covariance_type!r} covariances for K={n_components}, "
@@ -122,7 +124,7 @@ def _covariance_jit(params: GaussianParams, covariance_type: str) -> Array:
     centre = weights @ means
     deviations = means - centre
     between = jnp.einsum("k,kd,ke->de", weights, deviations, deviations)
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     within = kernel.within(weights, covariances, means.shape[-1])
     return within + between
 
@@ -290,8 +292,8 @@ def sum_covariance_type(type_x, type_y) -> str:
     Returns:
       The covariance type name of the sum.
     """
-    kernel_x = _covariance.KERNELS[_covariance_type(type_x)]
-    return kernel_x.sum_type(_covariance.KERNELS[_covariance_type(type_y)])
+    kernel_x = covariance_kernels.KERNELS[_covariance_type(type_x)]
+    return kernel_x.sum_type(covariance_kernels.KERNELS[_covariance_type(type_y)])
 
 
 @functools.partial(jax.jit, static_argnames=("type_x", "type_y", "result_type"))
@@ -301,7 +303,7 @@ def _add(params_x, params_y, type_x, type_y, result_type):
     means = (params_x.means[:, None, :] + params_y.means[None, :, :]).reshape(
         n_x * n_y, n_features
     )
-    kernels = _covariance.KERNELS
+    kernels = covariance_kernels.KERNELS
     result = kernels[result_type]
     # Both in the (more general) type of the sum, then Σ_k + Λ_l for each pair.
     cov_x = result.convert_from(kernels[type_x], params_x.covariances, n_x, n_features)
@@ -358,14 +360,14 @@ def add(
 def _affine_covariance_type(covariance_type: str, matrix_ndim: int) -> str:
     if matrix_ndim == 0:
         return covariance_type
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     return kernel.scaled_type if matrix_ndim == 1 else kernel.transformed_type
 
 
 @functools.partial(jax.jit, static_argnames="covariance_type")
 def _affine(params, matrix, offset, covariance_type):
     weights, means, covariances = params
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     if matrix.ndim == 0:
         means = matrix * means
         covariances = jnp.square(matrix) * covariances
@@ -465,7 +467,7 @@ def _sample(key, params, covariance_type, n_samples):
     label_key, noise_key = jax.random.split(key)
     labels = jax.random.categorical(label_key, jnp.log(weights), shape=(n_samples,))
     noise = jax.random.normal(noise_key, (n_samples, means.shape[1]), means.dtype)
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     scaled = kernel.sample_noise(covariances, labels, noise)
     return means[labels] + scaled, labels
 
@@ -513,7 +515,7 @@ def sample(
 @functools.partial(jax.jit, static_argnames="covariance_type")
 def _marginal(params, indices, covariance_type):
     weights, means, covariances = params
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     covariances = kernel.select(covariances, indices, indices)
     return GaussianParams(weights, means[:, indices], covariances)
 
@@ -555,7 +557,7 @@ def _condition_one(params, values, observed, unobserved, covariance_type):
     means_o, means_u = means[:, observed], means[:, unobserved]
     residual = values - means_o  # (K, O)
     n_observed = observed.shape[0]
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     cond_means, cond_cov, maha, log_det = kernel.condition(
         means_u, covariances, residual, observed, unobserved
     )
@@ -662,7 +664,7 @@ def _conditional_means(params, values, observed, covariance_type):
     mask = observed.astype(means.dtype)  # (D,)
     n_observed = jnp.sum(mask)
     residual = (values[:, None, :] - means[None]) * mask  # (N, K, D)
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     component_means, maha, log_det = kernel.condition_masked(
         means, covariances, residual, mask
     )

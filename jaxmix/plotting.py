@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxmix.estimators.validation import precision
-from jaxmix.families._covariance import KERNELS
+from jaxmix.families.covariance_kernels import KERNELS
 
 
 def _covariance_2d(model, k: int, dims=(0, 1)) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families._hard import first_argmax
+from jaxmix.families.assignment import first_argmax
 
 Array = jax.Array
 

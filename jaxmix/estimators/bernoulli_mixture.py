@@ -15,27 +15,10 @@ from jaxmix.estimators.validation import (
     StrOptions,
     check_is_fitted,
     check_random_state,
+    check_weights_init,
     precision,
 )
 from jaxmix.families.bernoulli import Bernoulli, BernoulliParams
-
-
-def _check_weights(weights, n_components: int) -> np.ndarray:
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != (n_components,):
-        raise ValueError(
-            f"weights_init must have shape ({n_components},), got {weights.shape}"
-        )
-    if not np.all(np.isfinite(weights)):
-        raise ValueError("weights_init contains NaN or infinity")
-    if weights.min() < 0 or weights.max() > 1:
-        raise ValueError(
-            "weights_init must be in [0, 1], but got min value "
-            f"{weights.min():.5f}, max value {weights.max():.5f}"
-        )
-    if not np.allclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
-        raise ValueError(f"weights_init must sum to 1, but sums to {weights.sum():.5f}")
-    return weights
 
 
 def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
@@ -235,7 +218,7 @@ class BernoulliMixture(MixtureEstimator):
                 raise ValueError(
                     "weights_init cannot be combined with uniform_weights=True"
                 )
-            user["weights"] = _check_weights(self.weights_init, self.n_components)
+            user["weights"] = check_weights_init(self.weights_init, self.n_components)
         if self.means_init is not None:
             user["means"] = _check_means(self.means_init, self.n_components, X.shape[1])
         return user

@@ -20,7 +20,7 @@ from jaxmix.estimators.validation import (
     check_real,
     precision,
 )
-from jaxmix.families import _covariance
+from jaxmix.families import covariance_kernels
 from jaxmix.families.gaussian import Gaussian, GaussianParams
 
 
@@ -64,7 +64,7 @@ def _check_precisions(
     precisions, covariance_type: str, n_components: int, n_features: int
 ) -> np.ndarray:
     precisions = np.asarray(precisions, dtype=np.float64)
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     shape = kernel.shape(n_components, n_features)
     if precisions.shape != shape:
         raise ValueError(
@@ -84,7 +84,7 @@ def _precision_factors(covariances, covariance_type: str):
 
     Run eagerly, the factorisation's loops would compile anew at every fit.
     """
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     prec_chol = kernel.precisions_cholesky(covariances)
     return prec_chol, kernel.precisions(prec_chol)
 
@@ -149,7 +149,7 @@ def _check_degrees_of_freedom(nu, n_features: int) -> float:
 
 def _check_covariance_prior(psi, covariance_type: str, X: np.ndarray):
     """Ψ₀ in the covariance type's shape (default: from the data covariance)."""
-    kernel = _covariance.KERNELS[covariance_type]
+    kernel = covariance_kernels.KERNELS[covariance_type]
     if psi is None:
         psi = kernel.default_covariance_prior(X)
     return kernel.check_covariance_prior(psi, X.shape[1])
@@ -245,7 +245,7 @@ class GaussianMixture(MixtureEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
-        "covariance_type": [StrOptions(set(_covariance.COVARIANCE_TYPES))],
+        "covariance_type": [StrOptions(set(covariance_kernels.COVARIANCE_TYPES))],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
@@ -334,7 +334,7 @@ class GaussianMixture(MixtureEstimator):
                 self.n_components,
                 n_features,
             )
-            user["covariances"] = _covariance.covariances_from_precisions(
+            user["covariances"] = covariance_kernels.covariances_from_precisions(
                 precisions, self.covariance_type
             )
         return user
@@ -413,7 +413,7 @@ class GaussianMixture(MixtureEstimator):
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_.astype(np.float64))
         blocks = []
-        kernel = _covariance.KERNELS[self.covariance_type]
+        kernel = covariance_kernels.KERNELS[self.covariance_type]
         for k, count in enumerate(counts):
             blocks.append(
                 kernel.sample_numpy(rng, self.means_[k], self.covariances_, k, count)

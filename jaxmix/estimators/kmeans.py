@@ -36,7 +36,7 @@ from jaxmix.estimators.validation import (
     jax_key,
     precision,
 )
-from jaxmix.families import _hard
+from jaxmix.families import assignment
 from jaxmix.families.isotropic import IsotropicGaussian
 from jaxmix.families.laplace import Laplace
 
@@ -61,7 +61,7 @@ def _assign(family, X, centers, weights):
     n_clusters = centers.shape[0]
 
     def nearest(rows):
-        labels = _hard.first_argmax(-family.assignment_cost(rows, centers))
+        labels = assignment.first_argmax(-family.assignment_cost(rows, centers))
         # Each sample's cost at its own centre alone: one pair at a time, the
         # cost is computed from direct differences, exact for the inertia.
         costs = jax.vmap(lambda x, c: family.assignment_cost(x[None], c[None])[0, 0])(

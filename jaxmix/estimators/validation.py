@@ -204,6 +204,25 @@ def check_sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | No
     return weights
 
 
+def check_weights_init(weights, n_components: int) -> np.ndarray:
+    """Starting weights: K finite values in [0, 1] that sum to one (as float64)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n_components,):
+        raise ValueError(
+            f"weights_init must have shape ({n_components},), got {weights.shape}"
+        )
+    if not np.all(np.isfinite(weights)):
+        raise ValueError("weights_init contains NaN or infinity")
+    if weights.min() < 0 or weights.max() > 1:
+        raise ValueError(
+            "weights_init must be in [0, 1], but got min value "
+            f"{weights.min():.5f}, max value {weights.max():.5f}"
+        )
+    if not np.allclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
+        raise ValueError(f"weights_init must sum to 1, but sums to {weights.sum():.5f}")
+    return weights
+
+
 def check_is_fitted(estimator) -> None:
     """Raise ``NotFittedError`` unless ``estimator.__sklearn_is_fitted__()``."""
     if not estimator.__sklearn_is_fitted__():

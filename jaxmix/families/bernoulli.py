@@ -18,12 +18,12 @@ import jax.numpy as jnp
 from jax.scipy.special import betaln, xlog1py, xlogy
 
 from jaxmix.families import charts
-from jaxmix.families._weights import (
+from jaxmix.families.base import Family, static
+from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
     update_weights_map,
 )
-from jaxmix.families.base import Family, static
 from jaxmix.families.numerics import safe_log
 
 Array = jax.Array

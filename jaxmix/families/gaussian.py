@@ -9,13 +9,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families import _covariance, charts
-from jaxmix.families._weights import (
+from jaxmix.families import charts, covariance_kernels
+from jaxmix.families.base import Family, static
+from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
     update_weights_map,
 )
-from jaxmix.families.base import Family, static
 
 Array = jax.Array
 
@@ -119,10 +119,10 @@ class Gaussian(Family):
     covariance_prior: Any = None
 
     def __post_init__(self):
-        if self.covariance_type not in _covariance.KERNELS:
+        if self.covariance_type not in covariance_kernels.KERNELS:
             raise ValueError(
-                f"covariance_type must be one of {_covariance.COVARIANCE_TYPES}, "
-                f"got {self.covariance_type!r}"
+                "covariance_type must be one of "
+                f"{covariance_kernels.COVARIANCE_TYPES}, got {self.covariance_type!r}"
             )
         if isinstance(self.reg_covar, (int, float)) and not self.reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
@@ -143,7 +143,7 @@ class Gaussian(Family):
 
     @property
     def kernel(self):
-        return _covariance.KERNELS[self.covariance_type]
+        return covariance_kernels.KERNELS[self.covariance_type]
 
     @property
     def label(self) -> str:

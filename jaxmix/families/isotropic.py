@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families import _hard, charts
-from jaxmix.families._weights import guarded_counts, update_weights
+from jaxmix.families import assignment, charts
 from jaxmix.families.base import Family, static
 from jaxmix.families.gaussian import GaussianParams
+from jaxmix.families.mixing import guarded_counts, update_weights
 
 Array = jax.Array
 
@@ -32,7 +32,7 @@ class IsotropicStats(NamedTuple):
 
     counts: Array  # (K,)  Σ_n r_nk
     sums: Array  # (K, D)  Σ_n r_nk x_n
-    farthest: _hard.Farthest  # M samples farthest from their centres
+    farthest: assignment.Farthest  # M samples farthest from their centres
 
 
 def squared_distances(X: Array, means: Array) -> Array:
@@ -162,14 +162,14 @@ class IsotropicGaussian(Family):
         """
         counts = jnp.sum(resp, axis=0)
         sums = resp.T @ X
-        centers, weights = _hard.assigned_centers(resp, params.means)
-        labels = _hard.first_argmax(resp)
+        centers, weights = assignment.assigned_centers(resp, params.means)
+        labels = assignment.first_argmax(resp)
         variances = params.covariances[labels]
         costs = 0.5 * (
             jnp.sum(jnp.square(X - centers), axis=1) / variances
             + X.shape[-1] * jnp.log(2 * math.pi * variances)
         ) - jnp.log(params.weights[labels])
-        far = _hard.farthest(X, costs, labels, weights, self.n_farthest)
+        far = assignment.farthest(X, costs, labels, weights, self.n_farthest)
         return IsotropicStats(counts, sums, far)
 
     def hard_statistics(
@@ -188,12 +188,12 @@ class IsotropicGaussian(Family):
         n_components = params.means.shape[0]
         counts = jax.ops.segment_sum(weights, labels, n_components)
         sums = jax.ops.segment_sum(X * weights[:, None], labels, n_components)
-        far = _hard.farthest(X, -log_joint, labels, weights, self.n_farthest)
+        far = assignment.farthest(X, -log_joint, labels, weights, self.n_farthest)
         return IsotropicStats(counts, sums, far)
 
     def empty_statistics(self, shapes) -> IsotropicStats:
         """No samples: zero counts and sums, and no re-seeding candidates."""
-        return _hard.empty_statistics(shapes)
+        return assignment.empty_statistics(shapes)
 
     def combine_statistics(
         self, a: IsotropicStats, b: IsotropicStats
@@ -202,7 +202,7 @@ class IsotropicGaussian(Family):
         return IsotropicStats(
             a.counts + b.counts,
             a.sums + b.sums,
-            _hard.merge_farthest(a.farthest, b.farthest),
+            assignment.merge_farthest(a.farthest, b.farthest),
         )
 
     def m_step(self, stats: IsotropicStats, params: GaussianParams) -> GaussianParams:
@@ -215,7 +215,7 @@ class IsotropicGaussian(Family):
         """
         far = stats.farthest
         n_components = stats.counts.shape[0]
-        slot, relocated, used = _hard.relocation_slots(stats.counts, far)
+        slot, relocated, used = assignment.relocation_slots(stats.counts, far)
         moved = jnp.where(used, far.weights, 0.0)
         counts = stats.counts - jax.ops.segment_sum(moved, far.labels, n_components)
         sums = stats.sums - jax.ops.segment_sum(

@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families import _hard, charts
-from jaxmix.families._weights import guarded_counts, update_weights
+from jaxmix.families import assignment, charts
 from jaxmix.families.base import Family, static
+from jaxmix.families.mixing import guarded_counts, update_weights
 
 Array = jax.Array
 
@@ -47,7 +47,7 @@ class LaplaceStats(NamedTuple):
 
     counts: Array  # (K,)  Σ_n r_nk
     medians: Array  # (K, D)  weighted coordinate-wise (lower) medians
-    farthest: _hard.Farthest  # M samples farthest (in L1) from their centres
+    farthest: assignment.Farthest  # M samples farthest (in L1) from their centres
     hard: Array  # ()  bool: the responsibilities were one-hot
 
 
@@ -205,7 +205,7 @@ class Laplace(Family):
         sample weight); the M-step returns NaN otherwise.
         """
         weights = jnp.sum(resp, axis=1)
-        labels = _hard.first_argmax(resp)
+        labels = assignment.first_argmax(resp)
         log_joint = jnp.take_along_axis(
             self.log_component_density(params, X) + jnp.log(params.weights),
             labels[:, None],
@@ -236,7 +236,7 @@ class Laplace(Family):
         order = sort_order(X) if self.order is None else self.order
         counts = jax.ops.segment_sum(weights, labels, n_components)
         medians = weighted_medians(X, order, labels, weights, n_components)
-        far = _hard.farthest(X, -log_joint, labels, weights, self.n_farthest)
+        far = assignment.farthest(X, -log_joint, labels, weights, self.n_farthest)
         return LaplaceStats(counts, medians, far, jnp.asarray(True))
 
     def m_step(self, stats: LaplaceStats, params: LaplaceParams) -> LaplaceParams:
@@ -248,7 +248,7 @@ class Laplace(Family):
         responsibilities were not hard (see the module docstring).
         """
         far = stats.farthest
-        slot, relocated, _ = _hard.relocation_slots(stats.counts, far)
+        slot, relocated, _ = assignment.relocation_slots(stats.counts, far)
         means = jnp.where((stats.counts > 0)[:, None], stats.medians, params.means)
         means = jnp.where(relocated[:, None], far.points[slot], means)
         means = jnp.where(stats.hard, means, jnp.nan)

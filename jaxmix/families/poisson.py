@@ -20,12 +20,12 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 
 from jaxmix.families import charts
-from jaxmix.families._weights import (
+from jaxmix.families.base import Family, static
+from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
     update_weights_map,
 )
-from jaxmix.families.base import Family, static
 from jaxmix.families.numerics import safe_log
 
 Array = jax.Array
