@@ -1079,6 +1079,8 @@ def _add_fit_options(parser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # One declarative listing of the commands and their arguments, longer than
+    # a function should be: split, the command line's shape would be scattered.
     parser = argparse.ArgumentParser(
         prog="jaxmix", description="Mixture models fitted by EM with JAX."
     )
