@@ -68,12 +68,11 @@ def describe(family) -> str:
     if not dataclasses.is_dataclass(family):
         return repr(family)
     items = []
-    for field in dataclasses.fields(family):
-        value = getattr(family, field.name)
+    for name, value in vars(family).items():
         if value is not None:
             # Leaf by leaf: a prior may be a pair of arrays of different shapes.
             plain = jax.tree.map(lambda v: np.asarray(v).tolist(), value)
-            items.append(f"{field.name}={plain!r}")
+            items.append(f"{name}={plain!r}")
     return f"{type(family).__name__}({', '.join(items)})"
 
 

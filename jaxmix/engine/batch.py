@@ -886,9 +886,9 @@ def _sweep_family(
     return best, np.asarray(index), np.asarray(total, dtype=np.float64), shapes
 
 
-def _sweep_families(family, covariance_types) -> tuple:
+def _sweep_families(given, covariance_types) -> tuple:
     """The families of the sweep's rows: one or several, or covariance variants."""
-    families = tuple(family) if isinstance(family, Sequence) else (family,)
+    families = tuple(given) if isinstance(given, Sequence) else (given,)
     if not families:
         raise ValueError("select_n_components needs at least one family")
     if covariance_types is None:
