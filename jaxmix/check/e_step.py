@@ -59,6 +59,21 @@ class EStepReport(NamedTuple):
         )
 
 
+def _given_responsibilities(family, params, X, e_step) -> np.ndarray:
+    """The E-step's responsibilities as float64 NumPy: the user's or the family's.
+
+    A user's ``e_step(params, X)`` is called with NumPy arrays and may return
+    ``resp`` or a tuple whose first item is ``resp``.
+    """
+    if e_step is None:
+        resp = common.e_step_jit(family, params, X)[0]
+    else:
+        resp = e_step(jax.tree.map(np.array, params), np.array(X))
+        if isinstance(resp, tuple):
+            resp = resp[0]
+    return np.asarray(resp, dtype=np.float64)
+
+
 def check_e_step(
     family, params, X, e_step: Callable | None = None, *, atol: float = 1e-10
 ) -> EStepReport:
@@ -98,13 +113,7 @@ def check_e_step(
         expected = np.asarray(
             _responsibilities_by_autodiff(common.log_joint_jit(family, params, X))
         )
-        if e_step is None:
-            resp = common.e_step_jit(family, params, X)[0]
-        else:
-            resp = e_step(jax.tree.map(np.array, params), np.array(X))
-            if isinstance(resp, tuple):
-                resp = resp[0]
-        resp = np.asarray(resp, dtype=np.float64)
+        resp = _given_responsibilities(family, params, X, e_step)
         if resp.shape != expected.shape:
             raise ValueError(
                 f"the E-step returned responsibilities of shape {resp.shape}, "
@@ -194,13 +203,7 @@ def check_fisher_identity(
         X = common.as_data(X)
         family.check_data(np.asarray(X))
         params = common.as_float64(params)
-        if e_step is None:
-            resp = common.e_step_jit(family, params, X)[0]
-        else:
-            resp = e_step(jax.tree.map(np.array, params), np.array(X))
-            if isinstance(resp, tuple):
-                resp = resp[0]
-            resp = jnp.asarray(np.asarray(resp, dtype=np.float64))
+        resp = jnp.asarray(_given_responsibilities(family, params, X, e_step))
         score, gradient = _fisher_gradients(family, X, resp, params)
         n_samples = X.shape[0]
         names = [name for name in params._fields if name in score]
