@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxmix.engine import generalized
+from jaxmix.families import charts
 from jaxmix.families.assignment import first_argmax
 
 Array = jax.Array
@@ -118,7 +120,11 @@ def e_step(family, params, X: Array, *, hard: bool = False) -> tuple[Array, Arra
 def m_step(
     family, X: Array, resp: Array, sample_weight: Array | None = None, params=None
 ):
-    """Closed-form M-step from responsibilities.
+    """M-step from responsibilities: closed form, or generalized for families without.
+
+    A family without a closed-form M-step gets the generalized M-step of
+    :mod:`jaxmix.engine.generalized`, started from ``params`` (or the family's
+    reference point).
 
     Args:
       family: the model family.
@@ -135,6 +141,9 @@ def m_step(
         resp = resp * sample_weight[:, None]
     if params is None:
         params = family.reference(X, resp)
+    if not family.closed_form_m_step:
+        scale = charts.data_scale(X, sample_weight)
+        return generalized.maximize(family, params, X, resp, scale)
     return family.m_step(family.statistics(params, X, resp), params)
 
 
@@ -154,6 +163,25 @@ def _pass(family, params, X, weights, hard):
     return stats, jnp.sum(weights * log_norm)
 
 
+def _responsibility_pass(family, params, data, weights, hard):
+    """Sample-weighted responsibilities and the summed objective, block by block.
+
+    For the generalized M-step, which needs the responsibilities themselves
+    rather than statistics. ``data`` (N, D) with ``weights`` (N,), or (B, C, D)
+    blocks with (B, C); ``resp`` comes back shaped like the data with K in
+    place of D.
+    """
+
+    def block(X, w):
+        resp, log_norm = e_step(family, params, X, hard=hard)
+        return resp * w[:, None], jnp.sum(w * log_norm)
+
+    if data.ndim == 2:
+        return block(data, weights)
+    resp, totals = jax.lax.map(lambda pair: block(*pair), (data, weights))
+    return resp, jnp.sum(totals)
+
+
 def default_chunk_size(n_components: int, n_features: int, dtype=None) -> int:
     """Rows per block so that a block's N·K·D intermediates stay in cache.
 
@@ -171,13 +199,17 @@ def default_chunk_size(n_components: int, n_features: int, dtype=None) -> int:
 def _chunked(X, weights, chunk_size):
     """(N, D) → (B, C, D) blocks, padded with zero-weight rows.
 
+    The padding rows repeat the last sample, so they lie in the family's
+    support: a log density there is finite, and a zero weight times it (or
+    times its gradient) is zero, never NaN.
+
     Block b holds rows b, b + B, b + 2B, ...: with data sharded over devices along
     N, each block is spread over all devices, so every device works at every step.
     """
     n_samples = X.shape[0]
     n_blocks = -(-n_samples // chunk_size)
     pad = n_blocks * chunk_size - n_samples
-    X = jnp.pad(X, ((0, pad), (0, 0)))
+    X = jnp.pad(X, ((0, pad), (0, 0)), mode="edge")
     weights = jnp.pad(weights, (0, pad))
     X = jnp.swapaxes(X.reshape(chunk_size, n_blocks, -1), 0, 1)
     weights = weights.reshape(chunk_size, n_blocks).T
@@ -241,12 +273,29 @@ def _status(finite, done, n_iter, max_iter) -> Array:
 
 
 def _em_iteration(
-    family, data, data_weights, total_weight, tol, state, *, max_iter, hard, criterion
+    family,
+    data,
+    data_weights,
+    total_weight,
+    scale,
+    tol,
+    state,
+    *,
+    max_iter,
+    hard,
+    criterion,
 ) -> _LoopState:
     """One E-step and M-step from the loop state, with the stopping decision."""
-    stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
+    if family.closed_form_m_step:
+        stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
+        new_params = family.m_step(stats, state.params)
+    else:
+        resp, ll_sum = _responsibility_pass(
+            family, state.params, data, data_weights, hard
+        )
+        new_params = generalized.maximize(family, state.params, data, resp, scale)
     objective = (ll_sum + family.log_prior(state.params)) / total_weight
-    new_params = keep_zero_weights(family.m_step(stats, state.params), state.params)
+    new_params = keep_zero_weights(new_params, state.params)
     finite = jnp.isfinite(objective) & _all_finite(new_params)
     if criterion == "means":
         new_means = family.location(new_params)
@@ -312,6 +361,8 @@ def run_em(
         data,
         data_weights,
         total_weight,
+        # The generalized M-step's charts measure fields in the data's units.
+        None if family.closed_form_m_step else charts.data_scale(X, weights),
         jnp.asarray(tol, dtype),
         max_iter=max_iter,
         hard=hard,

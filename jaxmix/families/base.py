@@ -20,12 +20,20 @@ Params, statistics and results are ``NamedTuple`` pytrees. Params always have a
 **Required** (abstract here):
 
 - :meth:`Family.log_component_density`: log p(x_n | θ_k), (N, K);
-- :meth:`Family.statistics`: sufficient statistics of (sample-weighted)
-  responsibilities, additive over samples;
-- :meth:`Family.m_step`: the closed-form (MAP) maximiser from statistics;
 - :meth:`Family.n_parameters`: free parameters, for BIC and AIC;
 - :meth:`Family.charts`: unconstrained coordinates of the free fields, for the
-  autodiff checker and gradient fitting (:mod:`jaxmix.families.charts`).
+  autodiff checker, gradient fitting and generalized EM
+  (:mod:`jaxmix.families.charts`).
+
+**The M-step**, in closed form where there is one:
+
+- :meth:`Family.statistics`: sufficient statistics of (sample-weighted)
+  responsibilities, additive over samples;
+- :meth:`Family.m_step`: the closed-form (MAP) maximiser from statistics.
+
+A family without them (only a log density, charts and a start from
+:meth:`Family.reference`) is fitted by generalized EM
+(:mod:`jaxmix.engine.generalized`).
 
 **Optional, with defaults**: :meth:`Family.reference` (a valid params point
 for given responsibilities: by default the M-step of statistics taken without
@@ -55,6 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmix.engine.generalized import GeneralizedMStep
+
 Array = jax.Array
 
 
@@ -80,6 +90,8 @@ class Family(abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "closed_form_m_step" not in vars(cls):
+            cls.closed_form_m_step = cls.m_step is not Family.m_step
         dataclasses.dataclass(frozen=True)(cls)
         fields = dataclasses.fields(cls)
         jax.tree_util.register_dataclass(
@@ -109,24 +121,41 @@ class Family(abc.ABC):
     #: gradient. False (an L1 cost): the checker tests that no coordinate
     #: direction raises Q (a subgradient optimality test).
     smooth_objective: ClassVar[bool] = True
+    #: The family defines :meth:`statistics` and :meth:`m_step`. Set when the
+    #: class is defined (whether it overrides ``m_step``); False fits it by
+    #: generalized EM.
+    closed_form_m_step: ClassVar[bool] = True
+    #: Options of the generalized M-step (steps, optimiser) for a family
+    #: without a closed-form one. A family may declare a static field of this
+    #: name to let each instance choose.
+    generalized_m_step: ClassVar[GeneralizedMStep] = GeneralizedMStep()
 
     # -- required ----------------------------------------------------------------
     @abc.abstractmethod
     def log_component_density(self, params, X: Array) -> Array:
         """log p(x_n | θ_k) for every sample and component, shape (N, K)."""
 
-    @abc.abstractmethod
     def statistics(self, params, X: Array, resp: Array):
         """Sufficient statistics of weighted responsibilities ``resp`` (N, K).
 
         ``params`` is the current point, which the family may use as a centring
         reference; the result must be a pytree that adds up over blocks of
-        samples (or combines through :meth:`combine_statistics`).
+        samples (or combines through :meth:`combine_statistics`). Required with
+        :meth:`m_step`; a family without either is fitted by generalized EM.
         """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form M-step, hence no statistics"
+        )
 
-    @abc.abstractmethod
     def m_step(self, stats, params):
-        """The closed-form (MAP) maximiser of Q given the statistics."""
+        """The closed-form (MAP) maximiser of Q given the statistics.
+
+        A family that leaves it out is fitted by generalized EM
+        (:mod:`jaxmix.engine.generalized`): closed-form weights and a few
+        optimiser steps on Q in the coordinates of :meth:`charts`, with the
+        options in :attr:`generalized_m_step`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form M-step")
 
     def reference(self, X: Array, resp: Array):
         """A valid params point for these responsibilities (no params yet).
@@ -134,7 +163,14 @@ class Family(abc.ABC):
         The default is the M-step of the statistics taken without a reference
         point, which suits families whose statistics and M-step do not use
         the current params; families that centre their statistics override it.
+        A family without a closed-form M-step must override it: its value is
+        where the generalized M-step starts (e.g. moment matching).
         """
+        if not self.closed_form_m_step:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no closed-form M-step, so it must "
+                "define reference(X, resp), the start of its generalized M-step"
+            )
         return self.m_step(self.statistics(None, X, resp), None)
 
     @abc.abstractmethod

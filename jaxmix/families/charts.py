@@ -42,9 +42,18 @@ _SYMMETRY_RTOL = 1e-8
 _SIMPLEX_ATOL = 1e-8
 
 
-def data_scale(X: Array) -> Array:
-    """Per-feature standard deviation of X (1 where a feature is constant), (D,)."""
-    scale = jnp.std(X, axis=0)
+def data_scale(X: Array, weights: Array | None = None) -> Array:
+    """Per-feature standard deviation of X (1 where a feature is constant), (D,).
+
+    With sample ``weights`` (N,) it is the weighted deviation, so rows of zero
+    weight (padding) leave it unchanged.
+    """
+    if weights is None:
+        scale = jnp.std(X, axis=0)
+    else:
+        total = jnp.sum(weights)
+        mean = (weights @ X) / total
+        scale = jnp.sqrt((weights @ jnp.square(X - mean)) / total)
     return jnp.where(scale > 0, scale, jnp.ones_like(scale))
 
 
