@@ -33,6 +33,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import get_tags
 
 import jaxmix
 from jaxmix.estimators import bic_scorer
@@ -46,14 +47,19 @@ def checked_estimators() -> dict:
     max_iter=5``), with the cheapest seeding (each program compiles once per
     data shape; the API under test does not depend on the seeding).
     ``BernoulliMixture`` binarizes at 0: the checks feed it real-valued data.
-    ``PoissonMixture`` and ``CategoricalMixture`` take only counts and codes,
-    which the checks' data are not; they can join once they accept such data
-    (e.g. through ``_prepare_input``, as ``binarize`` does).
+    ``PoissonMixture`` and ``CategoricalMixture`` take only non-negative
+    integers (counts, codes); their input tags (``positive_only``,
+    ``categorical``) make the checks feed such data, as for scikit-learn's
+    CategoricalNB.
     """
     weights_not_repeats = (
         "random seeding draws among the distinct rows, so weights and repeated "
         "rows start differently (as scikit-learn's KMeans, which lists it too); "
         "from a given init the weights are exact (tests/test_kmeans.py)"
+    )
+    reals_not_integers = (
+        "the check fits uniform reals in [0, 1) without applying the input tags, "
+        "and non-integer data is rejected (ValueError), never rounded"
     )
     return {
         "GaussianMixture": (
@@ -73,6 +79,14 @@ def checked_estimators() -> dict:
         "BernoulliMixture": (
             jaxmix.BernoulliMixture(n_init=2, max_iter=5, binarize=0.0),
             {},
+        ),
+        "PoissonMixture": (
+            jaxmix.PoissonMixture(n_init=2, max_iter=5, init_params="random"),
+            {"check_sample_weight_equivalence_on_dense_data": reals_not_integers},
+        ),
+        "CategoricalMixture": (
+            jaxmix.CategoricalMixture(n_init=2, max_iter=5),
+            {"check_sample_weight_equivalence_on_dense_data": reals_not_integers},
         ),
     }
 
@@ -325,6 +339,18 @@ def test_invalid_parameters_say_which(cls):
         cls(tol="small").fit(np.zeros((10, 2)))
 
 
+def test_count_and_code_mixtures_declare_their_input():
+    # Non-negative integers only: the input tags say so, and other data is
+    # rejected with scikit-learn's wording, never clipped or rounded.
+    for model in (jaxmix.PoissonMixture(2), jaxmix.CategoricalMixture(2)):
+        tags = get_tags(model).input_tags
+        assert tags.positive_only and tags.categorical
+        with pytest.raises(ValueError, match="Negative values in data passed to"):
+            model.fit([[0.0, 1.0], [-1.0, 2.0], [3.0, 0.0]])
+        with pytest.raises(ValueError, match="non-integer"):
+            model.fit([[0.0, 1.0], [0.5, 2.0], [3.0, 0.0]])
+
+
 # -- pandas -------------------------------------------------------------------------
 def test_kmeans_pandas_round_trip(iris):
     frame = pd.DataFrame(iris, columns=["sl", "sw", "pl", "pw"], index=range(10, 160))
@@ -422,11 +448,13 @@ def _check_runs(request, tmp_path_factory):
 
     They compile while the tests above run here, and ``check_outcomes`` waits
     for them: on two cores, the file takes about its total CPU time halved.
+    Only the estimators whose check test is selected are checked.
     """
-    selected = any(
-        item.name.startswith("test_check_estimator") for item in request.session.items
+    names = sorted(
+        item.callspec.params["name"]
+        for item in request.session.items
+        if getattr(item, "function", None) is test_check_estimator
     )
-    names = sorted(checked_estimators()) if selected else []
     workdir = tmp_path_factory.mktemp("check_estimator")
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(

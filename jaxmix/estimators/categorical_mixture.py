@@ -227,6 +227,23 @@ class CategoricalMixture(MixtureEstimator):
             user["probs"] = _check_distributions(self.probs_init, "probs_init", shape)
         return user
 
+    def _prepare_input(self, X: np.ndarray) -> np.ndarray:
+        # scikit-learn's wording for the estimators tagged ``positive_only``,
+        # which its users and its checks match on.
+        if X.size and X.min() < 0:
+            raise ValueError(
+                "Negative values in data passed to CategoricalMixture: it needs "
+                f"codes 0 … L − 1, got {X.min():g}"
+            )
+        return X
+
+    def __sklearn_tags__(self):
+        # As scikit-learn's CategoricalNB: ordinal codes, non-negative.
+        tags = super().__sklearn_tags__()
+        tags.input_tags.categorical = True
+        tags.input_tags.positive_only = True
+        return tags
+
     def _set_fitted(self, params: CategoricalParams, dtype) -> None:
         self.weights_ = params.weights
         self.probs_ = params.probs

@@ -223,6 +223,26 @@ class PoissonMixture(MixtureEstimator):
             user["rates"] = _check_rates(self.rates_init, self.n_components, X.shape[1])
         return user
 
+    def _prepare_input(self, X: np.ndarray) -> np.ndarray:
+        # scikit-learn's wording for the estimators tagged ``positive_only``,
+        # which its users and its checks match on.
+        if X.size and X.min() < 0:
+            raise ValueError(
+                "Negative values in data passed to PoissonMixture: counts must be "
+                f"non-negative integers, got {X.min():g}"
+            )
+        return X
+
+    def __sklearn_tags__(self):
+        # Counts are non-negative integers. scikit-learn's one tag for
+        # integer-valued input is ``categorical`` (integer codes, as for its
+        # CategoricalNB); with it, its estimator checks feed non-negative
+        # integers, the data a Poisson takes, rather than reals it rejects.
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.categorical = True
+        return tags
+
     def _set_fitted(self, params: PoissonParams, dtype) -> None:
         self.weights_ = params.weights
         self.rates_ = params.rates
