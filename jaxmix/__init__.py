@@ -33,6 +33,7 @@ from jaxmix.engine.gradient import fit_gradient as fit_gradient
 _LAZY = {
     "BernoulliMixture": "jaxmix.estimators.bernoulli_mixture",
     "CategoricalMixture": "jaxmix.estimators.categorical_mixture",
+    "GammaMixture": "jaxmix.estimators.gamma_mixture",
     "GaussianMixture": "jaxmix.estimators.gaussian_mixture",
     "KMeans": "jaxmix.estimators.kmeans",
     "KMedians": "jaxmix.estimators.kmeans",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from jaxmix.estimators.categorical_mixture import (
         CategoricalMixture as CategoricalMixture,
     )
+    from jaxmix.estimators.gamma_mixture import GammaMixture as GammaMixture
     from jaxmix.estimators.gaussian_mixture import GaussianMixture as GaussianMixture
     from jaxmix.estimators.kmeans import KMeans as KMeans
     from jaxmix.estimators.kmeans import KMedians as KMedians

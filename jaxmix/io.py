@@ -192,6 +192,17 @@ ESTIMATORS = types.MappingProxyType(
             {**_SOFT_EM, "rates_": Attribute("model", ("K", "D"), minimum=0.0)},
             _mixture_family,
         ),
+        "GammaMixture": _loadable(
+            "jaxmix.estimators.gamma_mixture",
+            "n_components",
+            {
+                **_SOFT_EM,
+                "shapes_": Attribute("model", ("K", "D"), minimum=0.0),
+                "means_": Attribute("model", ("K", "D"), minimum=0.0),
+                "rates_": Attribute("model", ("K", "D"), minimum=0.0),
+            },
+            _mixture_family,
+        ),
         "CategoricalMixture": _loadable(
             "jaxmix.estimators.categorical_mixture",
             "n_components",

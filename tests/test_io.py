@@ -23,6 +23,7 @@ import jaxmix
 from jaxmix import (
     BernoulliMixture,
     CategoricalMixture,
+    GammaMixture,
     GaussianMixture,
     KMeans,
     KMedians,
@@ -74,6 +75,12 @@ MODELS = {
             2, n_levels=3, max_iter=10, random_state=3, level_prior=1.5
         ),
         CODES,
+    ),
+    "GammaMixture": (
+        lambda: GammaMixture(
+            2, max_iter=10, random_state=5, weights_init=(0.5, 0.5), m_step_iter=4
+        ),
+        X,
     ),
     "KMeans": (lambda: KMeans(3, n_init=2, max_iter=20, random_state=4), X),
     "KMedians": (lambda: KMedians(2, init=X[[0, 1]], max_iter=20), X),
