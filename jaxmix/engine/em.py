@@ -57,7 +57,7 @@ class FitResult(NamedTuple):
     trace: Array  # (max_iter,)  objective per iteration, NaN past n_iter
 
 
-class _LoopState(NamedTuple):
+class LoopState(NamedTuple):
     params: Any
     log_likelihood: Array  # ()
     n_iter: Array  # ()
@@ -284,7 +284,7 @@ def _em_iteration(
     max_iter,
     hard,
     criterion,
-) -> _LoopState:
+) -> LoopState:
     """One E-step and M-step from the loop state, with the stopping decision."""
     if family.closed_form_m_step:
         stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
@@ -294,6 +294,28 @@ def _em_iteration(
             family, state.params, data, data_weights, hard
         )
         new_params = generalized.maximize(family, state.params, data, resp, scale)
+    return advance(
+        family,
+        state,
+        new_params,
+        ll_sum,
+        total_weight,
+        tol,
+        max_iter=max_iter,
+        criterion=criterion,
+    )
+
+
+def advance(
+    family, state, new_params, ll_sum, total_weight, tol, *, max_iter, criterion
+) -> LoopState:
+    """The loop state after an M-step: objective, stopping decision, trace.
+
+    ``ll_sum`` is the E-step's summed (weighted) log-likelihood at
+    ``state.params``; ``new_params`` the M-step's result. Shared by the
+    compiled loop and the streamed fit, which computes the two over a pass of
+    chunks.
+    """
     objective = (ll_sum + family.log_prior(state.params)) / total_weight
     new_params = keep_zero_weights(new_params, state.params)
     finite = jnp.isfinite(objective) & _all_finite(new_params)
@@ -310,7 +332,7 @@ def _em_iteration(
     params = jax.tree.map(
         lambda new, old: jnp.where(finite, new, old), new_params, state.params
     )
-    return _LoopState(
+    return LoopState(
         params=params,
         log_likelihood=objective,
         n_iter=n_iter,
@@ -368,7 +390,7 @@ def run_em(
         hard=hard,
         criterion=criterion,
     )
-    start = _LoopState(
+    start = LoopState(
         params=params,
         log_likelihood=jnp.asarray(initial_log_likelihood, dtype),
         n_iter=jnp.zeros((), jnp.int32),
