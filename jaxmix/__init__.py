@@ -27,6 +27,7 @@ from jaxmix.engine.batch import fit_restarts as fit_restarts
 from jaxmix.engine.batch import pad_datasets as pad_datasets
 from jaxmix.engine.batch import select_n_components as select_n_components
 from jaxmix.engine.gradient import fit_gradient as fit_gradient
+from jaxmix.engine.stream import fit_stream as fit_stream
 
 # The estimators import scikit-learn when it is installed, which takes longer
 # than importing the rest of jaxmix: they are imported when first used.
