@@ -39,6 +39,7 @@ _LAZY = {
     "KMeans": "jaxmix.estimators.kmeans",
     "KMedians": "jaxmix.estimators.kmeans",
     "PoissonMixture": "jaxmix.estimators.poisson_mixture",
+    "VonMisesFisherMixture": "jaxmix.estimators.von_mises_fisher_mixture",
     "ConvergenceWarning": "jaxmix.estimators.validation",
     "NotFittedError": "jaxmix.estimators.validation",
 }
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
     from jaxmix.estimators.poisson_mixture import PoissonMixture as PoissonMixture
     from jaxmix.estimators.validation import ConvergenceWarning as ConvergenceWarning
     from jaxmix.estimators.validation import NotFittedError as NotFittedError
+    from jaxmix.estimators.von_mises_fisher_mixture import (
+        VonMisesFisherMixture as VonMisesFisherMixture,
+    )
 
 
 def __getattr__(name: str):

@@ -215,6 +215,22 @@ OPTIONS = types.MappingProxyType(
                 "help": "features above T become 1, the others 0",
             },
         ),
+        "normalize": Option(
+            "--normalize",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "divide every row by its norm (directions on the sphere)",
+            },
+        ),
+        "m_step_iter": Option(
+            "--m-step-iter",
+            {
+                "type": _positive_int,
+                "metavar": "S",
+                "help": "optimiser steps of the generalized M-step per iteration",
+            },
+        ),
     }
 )
 
@@ -270,6 +286,22 @@ def _poisson_sweep(values: dict, X: np.ndarray):
 
     del values, X
     return Poisson(), None
+
+
+def _gamma_sweep(values: dict, X: np.ndarray):
+    from jaxmix.engine.generalized import GeneralizedMStep
+    from jaxmix.families import Gamma
+
+    del X
+    steps = values.get("m_step_iter", GeneralizedMStep().steps)
+    return Gamma(generalized_m_step=GeneralizedMStep(steps)), None
+
+
+def _vmf_sweep(values: dict, X: np.ndarray):
+    from jaxmix.families import VonMisesFisher
+
+    del values, X
+    return VonMisesFisher(), None
 
 
 def _categorical_sweep(values: dict, X: np.ndarray):
@@ -428,6 +460,40 @@ MODELS = types.MappingProxyType(
             ],
             sweep=_categorical_sweep,
             sweep_init="random",
+        ),
+        "gamma": Model(
+            title="Gamma mixture",
+            estimator="GammaMixture",
+            options={"init": "init_params", "m_step_iter": "m_step_iter"},
+            printed=(
+                ("weights", "weights_"),
+                ("shapes", "shapes_"),
+                ("means", "means_"),
+            ),
+            table=lambda model, names: [
+                ("weight", model.weights_),
+                *_columns("shape", model.shapes_, [names]),
+                *_columns("mean", model.means_, [names]),
+            ],
+            centers="means_",
+            sweep=_gamma_sweep,
+        ),
+        "vmf": Model(
+            title="von Mises-Fisher mixture",
+            estimator="VonMisesFisherMixture",
+            options={**_MIXTURE_OPTIONS, "normalize": "normalize"},
+            printed=(
+                ("weights", "weights_"),
+                ("directions", "directions_"),
+                ("concentrations", "concentrations_"),
+            ),
+            table=lambda model, names: [
+                ("weight", model.weights_),
+                *_columns("direction", model.directions_, [names]),
+                ("concentration", model.concentrations_),
+            ],
+            centers="directions_",
+            sweep=_vmf_sweep,
         ),
     }
 )

@@ -213,6 +213,16 @@ ESTIMATORS = types.MappingProxyType(
             },
             _mixture_family,
         ),
+        "VonMisesFisherMixture": _loadable(
+            "jaxmix.estimators.von_mises_fisher_mixture",
+            "n_components",
+            {
+                **_SOFT_EM,
+                "directions_": Attribute("model", ("K", "D")),
+                "concentrations_": Attribute("model", ("K",), minimum=0.0),
+            },
+            _mixture_family,
+        ),
         "KMeans": _loadable(
             "jaxmix.estimators.kmeans", "n_clusters", _CLUSTERING, _clustering_family
         ),

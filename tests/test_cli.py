@@ -306,6 +306,18 @@ MODEL_CASES = {
         {"level_prior": 2.0, "n_levels": 4, "random_state": 0},
         ("prob", "probs_"),
     ),
+    "gamma": (
+        lambda X: X,
+        ["--m-step-iter", "5", "--max-iter", "40"],
+        {"m_step_iter": 5, "max_iter": 40, "random_state": 0},
+        ("mean", "means_"),
+    ),
+    "vmf": (
+        lambda X: X / np.linalg.norm(X, axis=1, keepdims=True),
+        ["--uniform-weights"],
+        {"uniform_weights": True, "random_state": 0},
+        ("direction", "directions_"),
+    ),
 }
 
 

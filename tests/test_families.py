@@ -34,6 +34,7 @@ from jaxmix.families import (
     IsotropicGaussian,
     Laplace,
     Poisson,
+    VonMisesFisher,
 )
 from jaxmix.families.base import Family
 
@@ -61,6 +62,12 @@ def binary_data(seed=1):
     prototypes[:, 0], prototypes[:, 1] = 0.0, 1.0
     labels = rng.choice(3, size=N)
     return (rng.random((N, 6)) < prototypes[labels]).astype(np.float64)
+
+
+def sphere_data(seed=0):
+    """Unit vectors in three clusters on the sphere S² (Gaussian data lifted)."""
+    X = np.c_[gaussian_data(seed), np.ones(N)]
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
 X, XB = gaussian_data(), binary_data()
@@ -120,6 +127,7 @@ CASES = [
         lambda s: binary_data(s) + 2 * binary_data(s + 9),
         drivers=True,
     ),
+    Case("von-mises-fisher", VonMisesFisher(), sphere_data, drivers=True),
 ]
 IDS = [case.id for case in CASES]
 

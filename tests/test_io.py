@@ -28,6 +28,7 @@ from jaxmix import (
     KMeans,
     KMedians,
     PoissonMixture,
+    VonMisesFisherMixture,
 )
 from jaxmix.datasets import load_faithful
 from jaxmix.io import ESTIMATORS, MAX_HEADER_BYTES, VERSION, load_model, save_model
@@ -79,6 +80,17 @@ MODELS = {
     "GammaMixture": (
         lambda: GammaMixture(
             2, max_iter=10, random_state=5, weights_init=(0.5, 0.5), m_step_iter=4
+        ),
+        X,
+    ),
+    "VonMisesFisherMixture": (
+        lambda: VonMisesFisherMixture(
+            2,
+            max_iter=10,
+            random_state=6,
+            normalize=True,
+            concentrations_init=np.array([5.0, 50.0]),
+            weight_concentration_prior=2.0,
         ),
         X,
     ),

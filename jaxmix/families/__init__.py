@@ -15,3 +15,10 @@ from jaxmix.families.laplace import LaplaceParams as LaplaceParams
 from jaxmix.families.poisson import Poisson as Poisson
 from jaxmix.families.poisson import PoissonParams as PoissonParams
 from jaxmix.families.poisson import PoissonStats as PoissonStats
+from jaxmix.families.von_mises_fisher import VonMisesFisher as VonMisesFisher
+from jaxmix.families.von_mises_fisher import (
+    VonMisesFisherParams as VonMisesFisherParams,
+)
+from jaxmix.families.von_mises_fisher import (
+    VonMisesFisherStats as VonMisesFisherStats,
+)
