@@ -19,6 +19,7 @@ from jaxmix import check as check
 from jaxmix import lowrank as lowrank
 from jaxmix import mixture as mixture
 from jaxmix.engine import batch as batch
+from jaxmix.engine import distributed as distributed
 from jaxmix.engine.batch import BatchResult as BatchResult
 from jaxmix.engine.batch import ModelSelection as ModelSelection
 from jaxmix.engine.batch import RestartsResult as RestartsResult
@@ -27,6 +28,10 @@ from jaxmix.engine.batch import fit_restarts as fit_restarts
 from jaxmix.engine.batch import pad_datasets as pad_datasets
 from jaxmix.engine.batch import select_n_components as select_n_components
 from jaxmix.engine.gradient import fit_gradient as fit_gradient
+from jaxmix.engine.online import OnlineState as OnlineState
+from jaxmix.engine.online import fit_online as fit_online
+from jaxmix.engine.online import init_online as init_online
+from jaxmix.engine.online import online_step as online_step
 from jaxmix.engine.stream import fit_stream as fit_stream
 
 # The estimators import scikit-learn when it is installed, which takes longer

@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import warnings
 from numbers import Integral, Real
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.engine import batch, em, initialization
+from jaxmix.engine import batch, em, initialization, online
 from jaxmix.estimators.validation import (
     SKLEARN,
     BaseEstimator,
@@ -179,6 +179,31 @@ def _fit_restarts(
     return batch.RestartsResult(best, results, index)
 
 
+class OnlineFit(NamedTuple):
+    """What ``partial_fit`` keeps between calls (private; not saved by jaxmix.io).
+
+    ``fitted`` holds the very arrays the last call set as fitted attributes:
+    when they are no longer the estimator's (a later ``fit``, a loaded model,
+    attributes set by hand), the state is stale and ``partial_fit`` starts a
+    new online fit from the fitted parameters.
+    """
+
+    state: online.OnlineState  # host arrays
+    fitted: tuple  # the fitted params' arrays this state produced
+
+
+def online_state_current(estimator, params) -> OnlineFit | None:
+    """The estimator's online state if it produced ``params`` (its fitted params)."""
+    kept = vars(estimator).get("_online_fit")
+    if kept is None:
+        return None
+    leaves = tuple(jax.tree.leaves(params))
+    same = len(leaves) == len(kept.fitted) and all(
+        a is b for a, b in zip(leaves, kept.fitted)
+    )
+    return kept if same else None
+
+
 class MixtureEstimator(DensityMixin, EstimatorBase):
     """Base of the mixture estimators fitted by soft EM (not for direct use).
 
@@ -210,6 +235,9 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
     warm_start = False
     verbose = 0
     verbose_interval = 10
+    # partial_fit's step sizes γ_t = (t + t0)^(-alpha) (jaxmix.engine.online).
+    _online_t0 = 0.0
+    _online_alpha = 0.7
 
     # -- what subclasses provide -------------------------------------------------
     def _make_family(self, X: np.ndarray | None):
@@ -327,6 +355,95 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
             state = "converged" if results.converged[init] else "did not converge"
             bound = results.log_likelihood[init]
             print(f"Initialization {state}. lower bound {bound:.5f}")
+
+    def _online_start(self, X, weights, family, user):
+        """Starting params of an online fit: ``init_params`` on the first batch.
+
+        The user's ``*_init`` arrays replace the initialised fields; when they
+        give every field, nothing is initialised.
+        """
+        dtype = X.dtype
+        user = {name: jnp.asarray(value, dtype) for name, value in user.items()}
+        if set(user) == set(family.params_type._fields):
+            return family.params_type(**user)
+        data, data_weights = pad_samples(X, weights)
+        params = initialization.initialize(
+            family,
+            jax_key(self.random_state),
+            jnp.asarray(data),
+            self.n_components,
+            self.init_params,
+            jnp.asarray(data_weights),
+        )
+        return params._replace(**user)
+
+    def _partial_fit(self, X, sample_weight) -> None:
+        r"""One step of online (stepwise) EM with the batch X.
+
+        The first call (on an unfitted model) checks the parameters, fixes
+        ``n_features_in_`` and the precision (float32 stays float32), builds
+        the family (priors with their data-dependent defaults taken from this
+        batch) and initialises the params by ``init_params`` (or the
+        ``*_init`` arrays) on this batch; every call then takes one step of
+        :func:`jaxmix.engine.online.online_step` with γ_t = (t + t₀)^{−α},
+        t₀ = 0, α = 0.7. The statistics are per sample, and the M-step scales
+        them to all the sample weight seen so far, against which a prior
+        weighs.
+
+        On a model fitted by ``fit`` (or loaded), the online fit starts from
+        the fitted params with new running statistics (and the family built
+        from that batch, as on a first call): its first step is one EM
+        iteration on that batch, which then replaces what the fit had seen.
+        """
+        kept = None
+        if self.__sklearn_is_fitted__():
+            self._validate_params()
+            dtype = self._fitted_dtype()
+            X = self._prepare_input(validate_data(self, X, reset=False))
+            X = X.astype(dtype, copy=False)
+            weights = check_sample_weight(sample_weight, X.shape[0], dtype)
+            kept = online_state_current(self, self._fitted_params())
+            family = self.family_ if kept is not None else self._make_family(X)
+            family.check_data(X)
+            start = None if kept is not None else self._fitted_params()
+        else:
+            X, weights, family, user = self._prepare_fit(X, sample_weight)
+            dtype = X.dtype
+            with precision(dtype):
+                start = self._online_start(X, weights, family, user)
+        data, data_weights = pad_samples(X, weights)
+        with precision(dtype):
+            if kept is None:
+                start = jax.tree.map(lambda a: jnp.asarray(a, dtype), start)
+                state = online.init_online(family, start, X.shape[1])
+            else:
+                state = jax.tree.map(jnp.asarray, kept.state)
+            state = online.online_step(
+                family,
+                state,
+                jnp.asarray(data),
+                jnp.asarray(data_weights),
+                t0=self._online_t0,
+                alpha=self._online_alpha,
+            )
+            state = jax.device_get(state)
+        if not state.finite:
+            raise ValueError(self._nonfinite_message)
+        self._set_fitted(
+            jax.tree.map(lambda a: np.asarray(a, dtype=dtype), state.params), dtype
+        )
+        lower_bound = float(state.log_likelihood)
+        self.n_iter_ = int(state.n_steps)
+        self.converged_ = False  # online EM has no convergence test
+        self.lower_bound_ = lower_bound
+        if kept is not None:
+            self.lower_bounds_.append(lower_bound)
+        else:
+            self.lower_bounds_ = [lower_bound]
+        self.family_ = family
+        self._online_fit = OnlineFit(
+            state, tuple(jax.tree.leaves(self._fitted_params()))
+        )
 
     def fit(self, X, y=None, sample_weight=None):
         """Estimate the parameters by EM (``n_init`` restarts run at once).

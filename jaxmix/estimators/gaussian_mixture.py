@@ -353,6 +353,58 @@ class GaussianMixture(MixtureEstimator):
     def _fitted_params(self) -> GaussianParams:
         return GaussianParams(self.weights_, self.means_, self.covariances_)
 
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Update the model with one batch of data: one step of online EM.
+
+        The first call initialises the model on this batch (``init_params`` or
+        the ``*_init`` arrays; ``n_init`` and ``warm_start`` are not used) and
+        fixes ``n_features_in_`` and the precision; every call, the first
+        included, then takes one step of online (stepwise) EM with the batch
+        (:mod:`jaxmix.engine.online`): running statistics per sample,
+        s ← s + γ_t (s̄(batch) − s) with γ_t = (t + t₀)^(−α), t₀ = 0, α = 0.7,
+        and the weights, means and covariances from them. The result
+        approximates the EM fit of all the batches seen; ``fit`` gives the
+        exact one when the data fits in memory. The fitted attributes are
+        updated after every call: ``n_iter_`` counts the steps,
+        ``lower_bounds_`` holds each batch's mean log-likelihood (plus log
+        prior / n with priors) before its step, ``lower_bound_`` the last one,
+        and ``converged_`` is False (online EM has no convergence test). With
+        priors, the statistics are scaled to all the sample weight seen so
+        far, against which the prior weighs.
+
+        Called on a model fitted by ``fit`` (or loaded from a file), it
+        starts from the fitted parameters with new running statistics, so
+        its first step is one EM iteration on that batch. The online state is
+        not saved by :mod:`jaxmix.io`: a loaded model continues the same way.
+        Keep batches of similar sizes: every call takes one step whatever the
+        batch's size.
+
+        Args:
+          X: a batch of data, shape (N, D), with the first batch's D.
+          y: ignored.
+          sample_weight: optional non-negative weights, shape (N,).
+
+        Returns:
+          self.
+
+        Raises:
+          ValueError: a batch with another number of features, NaN or
+            infinity, or whose step is not finite.
+
+        Examples:
+          >>> import numpy as np
+          >>> from jaxmix import GaussianMixture
+          >>> X = np.random.default_rng(0).normal(size=(1000, 2))
+          >>> gm = GaussianMixture(2, random_state=0)
+          >>> for batch in np.array_split(X, 5):
+          ...     gm = gm.partial_fit(batch)
+          >>> gm.n_iter_, gm.means_.shape
+          (5, (2, 2))
+        """
+        del y
+        self._partial_fit(X, sample_weight)
+        return self
+
     def _fitted_jax(self):
         return jax.tree.map(jnp.asarray, self._fitted_params())
 

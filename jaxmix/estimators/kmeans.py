@@ -23,8 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.engine import batch, em, initialization
-from jaxmix.estimators.base import EstimatorBase, pad_samples
+from jaxmix.engine import batch, em, initialization, online
+from jaxmix.estimators.base import (
+    EstimatorBase,
+    OnlineFit,
+    online_state_current,
+    pad_samples,
+)
 from jaxmix.estimators.validation import (
     ClassNamePrefixFeaturesOutMixin,
     ClusterMixin,
@@ -35,8 +40,10 @@ from jaxmix.estimators.validation import (
     check_sample_weight,
     jax_key,
     precision,
+    validate_data,
 )
 from jaxmix.families import assignment
+from jaxmix.families.gaussian import Gaussian, GaussianParams
 from jaxmix.families.isotropic import IsotropicGaussian
 from jaxmix.families.laplace import Laplace
 
@@ -134,6 +141,29 @@ def _score(family, X, centers, weights):
 def _costs(family, X, centers):
     return _blocks(
         lambda rows: family.assignment_cost(rows, centers), X, centers.shape[0]
+    )
+
+
+# Online K-means is stepwise hard EM of this family: its statistics are plain
+# sums (IsotropicGaussian's carry re-seeding candidates, which cannot be
+# averaged), and its hard E-step is the nearest centre, first on ties.
+_ONLINE_FAMILY = Gaussian("spherical", variance=1.0, uniform_weights=True)
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "method"))
+def _seed_centers(key, X, weights, *, n_clusters, method):
+    return X[initialization.seed_indices(key, X, weights, n_clusters, method)]
+
+
+_labels_and_inertia = jax.jit(_assign)
+
+
+def _online_params(centers) -> GaussianParams:
+    n_clusters = centers.shape[0]
+    return GaussianParams(
+        jnp.full((n_clusters,), 1.0 / n_clusters, centers.dtype),
+        centers,
+        jnp.ones((n_clusters,), centers.dtype),
     )
 
 
@@ -374,6 +404,94 @@ class KMeans(_HardClustering):
 
     def _make_family(self) -> IsotropicGaussian:
         return IsotropicGaussian(variance=1.0, uniform_weights=True)
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        r"""Update the centres with one batch: one step of online K-means.
+
+        The first call fixes ``n_features_in_`` and the precision and seeds
+        the centres on this batch (``init``: k-means++, random samples, or the
+        given array; one seeding, ``n_init`` is not used). Every call, the
+        first included, then takes one step of stepwise hard EM
+        (:mod:`jaxmix.engine.online`): each sample of the batch goes to its
+        nearest centre, and the running per-sample statistics (cluster
+        weights and sums) move towards the batch's with the step γ_t = 1/t
+        (t₀ = 0, α = 1), so they are the plain average of the batches'
+        statistics. With batches of equal total weight every centre is then
+        the mean of all the samples ever assigned to it, which is
+        scikit-learn's ``MiniBatchKMeans`` update (per-centre step size
+        n_batch,k / n_k), without its random re-assignment of small clusters:
+        a centre that has never had a sample stays where it was seeded.
+
+        After every call ``cluster_centers_`` are the new centres,
+        ``labels_`` and ``inertia_`` are the batch's at those centres (as
+        ``MiniBatchKMeans`` computes them), and ``n_iter_`` counts the steps.
+        On a model fitted by ``fit`` (or loaded), it starts from the fitted
+        centres with new running statistics, so its first step moves every
+        centre to the mean of its samples in that batch; the online state is
+        not saved by :mod:`jaxmix.io`.
+
+        Args:
+          X: a batch of data, shape (N, D), with the first batch's D.
+          y: ignored.
+          sample_weight: optional non-negative weights, shape (N,).
+
+        Returns:
+          self.
+
+        Examples:
+          >>> import numpy as np, jaxmix
+          >>> X = np.array([[1.0, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]])
+          >>> km = jaxmix.KMeans(n_clusters=2, init=X[[0, 3]])
+          >>> km = km.partial_fit(X[[0, 1, 3, 4]]).partial_fit(X[[0, 2, 3, 5]])
+          >>> km.cluster_centers_
+          array([[ 1.,  2.],
+                 [10.,  2.]])
+        """
+        del y
+        kept = None
+        if self.__sklearn_is_fitted__():
+            self._validate_params()
+            dtype = self._fitted_dtype()
+            X = validate_data(self, X, reset=False).astype(dtype, copy=False)
+            weights = check_sample_weight(sample_weight, X.shape[0], dtype)
+            kept = online_state_current(self, (self.cluster_centers_,))
+            centers = None if kept is not None else self.cluster_centers_
+        else:
+            X, weights = self._validate_fit_input(X, sample_weight)
+            self._check_n_samples(X, weights)
+            dtype = X.dtype
+            centers, init = self._check_init(X)
+        family = self._make_family()
+        data, data_weights = pad_samples(X, weights)
+        with precision(dtype):
+            data, data_weights = jnp.asarray(data), jnp.asarray(data_weights)
+            if kept is not None:
+                state = jax.tree.map(jnp.asarray, kept.state)
+            else:
+                if centers is None:
+                    centers = _seed_centers(
+                        jax_key(self.random_state),
+                        data,
+                        data_weights,
+                        n_clusters=self.n_clusters,
+                        method=_SEEDING[init],
+                    )
+                start = _online_params(jnp.asarray(centers, dtype))
+                state = online.init_online(_ONLINE_FAMILY, start, X.shape[1])
+            state = online.online_step(
+                _ONLINE_FAMILY, state, data, data_weights, t0=0.0, alpha=1.0, hard=True
+            )
+            labels, inertia = _labels_and_inertia(
+                family, data, state.params.means, data_weights
+            )
+            state, labels, inertia = jax.device_get((state, labels, inertia))
+        self.cluster_centers_ = np.asarray(state.params.means, dtype=dtype)
+        self.labels_ = np.asarray(labels[: X.shape[0]], dtype=np.int32)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(state.n_steps)
+        self.family_ = family
+        self._online_fit = OnlineFit(state, (self.cluster_centers_,))
+        return self
 
     @staticmethod
     def _distance(costs: np.ndarray) -> np.ndarray:
