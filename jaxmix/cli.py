@@ -846,16 +846,52 @@ def _check_plot(args, n_features: int) -> None:
         )
 
 
+def _load_stream(args, spec: Model) -> _Data:
+    """A ``.npy`` file memory-mapped, for ``fit --stream`` (never read whole)."""
+    if "device_budget" not in spec.estimator_class()().get_params():
+        streamed = [
+            name
+            for name, model in MODELS.items()
+            if "device_budget" in model.estimator_class()().get_params()
+        ]
+        raise UsageError(
+            f"--stream does not apply to --model {args.model}; it applies to "
+            f"--model {', '.join(streamed)}"
+        )
+    if args.file is None or args.file == _STDIN or not args.file.endswith(".npy"):
+        raise UsageError("--stream reads a .npy file (memory-mapped), given by name")
+    for flag, value in (
+        ("--columns", args.columns),
+        ("--weight-column", args.weight_column),
+        ("--sample-weight", args.sample_weight),
+        ("--plot", args.plot),
+    ):
+        if value is not None:
+            raise UsageError(f"{flag} does not apply with --stream")
+    try:
+        X = np.load(args.file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(f"{args.file} is not a readable .npy array: {error}") from None
+    if X.ndim != 2 or X.dtype.kind != "f" or X.shape[0] == 0:
+        raise ValueError(
+            f"{args.file} holds an array of shape {X.shape} and dtype {X.dtype}; "
+            "--stream needs a non-empty (N, D) array of floats"
+        )
+    return _Data(X, [f"x{c}" for c in range(X.shape[1])], args.file)
+
+
 def _fit(args) -> int:
     spec = MODELS[args.model]
     given = _given_options(args, spec, "fit")
-    data = _load_data(args)
+    data = _load_stream(args, spec) if args.stream else _load_data(args)
     _check_plot(args, data.X.shape[1])
     params = {
         spec.size: args.components,
         "n_init": args.restarts,
         "random_state": args.seed,
     }
+    if args.stream:
+        params["device_budget"] = args.device_budget
     if args.max_iter is not None:
         params["max_iter"] = args.max_iter
     if args.tol is not None:
@@ -873,7 +909,7 @@ def _fit(args) -> int:
             [range(n_components), *(values for _, values in columns)],
         )
     else:
-        _print_fit(spec, model, data, given)
+        _print_fit(spec, model, data, given, criteria=not args.stream)
     if args.output:
         from jaxmix.io import save_model
 
@@ -885,7 +921,9 @@ def _fit(args) -> int:
     return 0
 
 
-def _print_fit(spec: Model, model, data: _Data, given: dict) -> None:
+def _print_fit(
+    spec: Model, model, data: _Data, given: dict, criteria: bool = True
+) -> None:
     n_samples, n_features = data.X.shape
     print(
         f"{spec.title} fitted to {data.source}: {n_samples} samples, "
@@ -920,7 +958,9 @@ def _print_fit(spec: Model, model, data: _Data, given: dict) -> None:
         label = "log-likelihood (mean per sample)"
     print(f"{label}: {model.lower_bound_:.6f}")
     print(f"iterations: {model.n_iter_}  converged: {model.converged_}")
-    if data.sample_weight is None:  # the criteria count samples, not weights
+    # The criteria count samples, not weights; a streamed fit's data is not
+    # read again for them.
+    if data.sample_weight is None and criteria:
         print(f"BIC: {model.bic(data.X):.4f}  AIC: {model.aic(data.X):.4f}")
 
 
@@ -1174,6 +1214,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--plot", metavar="FILE", help="save a figure of the fit (first 2 features)"
+    )
+    fit.add_argument(
+        "--stream",
+        action="store_true",
+        help="memory-map the .npy FILE and fit by exact EM over chunks of it "
+        "when it is larger than --device-budget (Gaussian and Bernoulli mixtures)",
+    )
+    fit.add_argument(
+        "--device-budget",
+        type=_non_negative_int,
+        default=0,
+        metavar="BYTES",
+        help="with --stream: data larger than this is streamed (default 0: always)",
     )
     fit.set_defaults(run=_fit)
 

@@ -750,3 +750,34 @@ def test_select_end_to_end(faithful_sweep):
     assert [row[4] for row in rows] == [f"{value:.3f}" for value in bic]
     marked = [row[1] for row in rows if row[-1] == "*"]
     assert marked == [str(2 + int(np.argmin(bic)))]
+
+
+def test_fit_stream_memory_maps_and_equals_the_in_memory_fit(tmp_path, capsys):
+    X = X_FAITHFUL.astype(np.float64)
+    np.save(tmp_path / "data.npy", X)
+    code, out, err = run(
+        capsys,
+        "fit",
+        tmp_path / "data.npy",
+        "--stream",
+        "--tol",
+        "1e-10",
+        "--format",
+        "csv",
+    )
+    assert code == 0, err
+    code, reference, err = run(
+        capsys, "fit", tmp_path / "data.npy", "--tol", "1e-10", "--format", "csv"
+    )
+    assert code == 0, err
+    streamed = np.array(parse_csv(out)[1], dtype=np.float64)
+    in_memory = np.array(parse_csv(reference)[1], dtype=np.float64)
+    # Both start from k-means on all 272 rows (the subsample is the whole
+    # data; the seeds may differ) and converge to the same optimum.
+    np.testing.assert_allclose(streamed, in_memory, rtol=1e-6)
+    code, _, err = run(
+        capsys, "fit", tmp_path / "data.npy", "--stream", "--model", "kmeans"
+    )
+    assert code == 2 and "--stream does not apply to --model kmeans" in err
+    code, _, err = run(capsys, "fit", "--stream")
+    assert code == 2 and "--stream reads a .npy file" in err

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmix.engine import batch, em, initialization, online
+from jaxmix.estimators import streaming
 from jaxmix.estimators.validation import (
     SKLEARN,
     BaseEstimator,
@@ -31,6 +32,7 @@ from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
     check_is_fitted,
+    check_random_state,
     check_sample_weight,
     jax_key,
     precision,
@@ -235,6 +237,8 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
     warm_start = False
     verbose = 0
     verbose_interval = 10
+    # Not a parameter of every mixture: estimators without it never stream.
+    device_budget = None
     # partial_fit's step sizes γ_t = (t + t0)^(-alpha) (jaxmix.engine.online).
     _online_t0 = 0.0
     _online_alpha = 0.7
@@ -284,6 +288,25 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
             start, method = family.params_type(**user), None
         else:
             start = user
+        keys = jax.random.split(jax_key(self.random_state), n_init)
+        if streaming.streams(X, self.device_budget):
+            with precision(X.dtype):
+                results = streaming.streamed_restarts(
+                    family,
+                    X,
+                    weights,
+                    start,
+                    method=method,
+                    keys=keys,
+                    n_components=self.n_components,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    rng=check_random_state(self.random_state),
+                )
+                results = jax.device_get(results)
+            self._keep_best(results, X.dtype)
+            self.family_ = family
+            return X
         data, data_weights = pad_samples(X, weights)
         n_samples, n_features = data.shape
         group = min(
@@ -294,7 +317,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
                 family,
                 jnp.asarray(data),
                 jnp.asarray(data_weights),
-                jax.random.split(jax_key(self.random_state), n_init),
+                keys,
                 jax.tree.map(lambda a: jnp.asarray(a, X.dtype), start),
                 self.tol,
                 initial_ll,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from numbers import Real
+from numbers import Integral, Real
 from typing import ClassVar
 
 import numpy as np
@@ -113,6 +113,12 @@ class BernoulliMixture(MixtureEstimator):
       mean_prior: ``(a, b)`` Beta parameters ≥ 1, each a scalar or broadcastable
         to (K, D); None for maximum likelihood.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      device_budget: None (the data is always copied to the device), or a
+        number of bytes: ``fit`` on data larger than it (e.g. a
+        ``numpy.memmap``) is streamed: restarts initialised on a random
+        subsample of 65,536 rows, then exact EM over the data read in chunks
+        (:func:`jaxmix.fit_stream`), all restarts sharing each pass. Only
+        ``fit`` streams; ``predict`` and ``score`` copy their data.
       binarize: None (X must already lie in [0, 1]) or a threshold: features
         above it become 1 and the others 0, in ``fit`` and in every later
         call, as in scikit-learn's ``BernoulliNB``.
@@ -137,6 +143,7 @@ class BernoulliMixture(MixtureEstimator):
     # likelihood: only starts that average over many samples are offered.
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
+        "device_budget": [Interval(Integral, 0, None, closed="left"), None],
         "init_params": [StrOptions({"random", "kmeans"})],
         "means_init": ["array-like", None],
         "uniform_weights": ["boolean"],
@@ -170,6 +177,7 @@ class BernoulliMixture(MixtureEstimator):
         mean_prior=None,
         random_state=None,
         binarize=None,
+        device_budget=None,
     ):
         self.n_components = n_components
         self.tol = tol
@@ -183,6 +191,7 @@ class BernoulliMixture(MixtureEstimator):
         self.mean_prior = mean_prior
         self.random_state = random_state
         self.binarize = binarize
+        self.device_budget = device_budget
 
     def _make_family(self, X: np.ndarray | None) -> Bernoulli:
         n_features = self.n_features_in_ if X is None else X.shape[1]

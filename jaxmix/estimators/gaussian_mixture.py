@@ -214,6 +214,12 @@ class GaussianMixture(MixtureEstimator):
         ``"random_from_data"``.
       weights_init, means_init, precisions_init: optional user starts.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      device_budget: None (the data is always copied to the device), or a
+        number of bytes: ``fit`` on data larger than it (e.g. a
+        ``numpy.memmap``) is streamed: restarts initialised on a random
+        subsample of 65,536 rows, then exact EM over the data read in chunks
+        (:func:`jaxmix.fit_stream`), all restarts sharing each pass. Only
+        ``fit`` streams; ``predict`` and ``score`` copy their data.
       warm_start: start from the previous fit's parameters.
       verbose, verbose_interval: print a per-iteration report after the fit.
       weight_concentration_prior: Dirichlet α ≥ 1 on the weights (scalar or
@@ -245,6 +251,7 @@ class GaussianMixture(MixtureEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
+        "device_budget": [Interval(Integral, 0, None, closed="left"), None],
         "covariance_type": [StrOptions(set(covariance_kernels.COVARIANCE_TYPES))],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
         "means_init": ["array-like", None],
@@ -290,6 +297,7 @@ class GaussianMixture(MixtureEstimator):
         mean_prior=None,
         degrees_of_freedom_prior=None,
         covariance_prior=None,
+        device_budget=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -310,6 +318,7 @@ class GaussianMixture(MixtureEstimator):
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
+        self.device_budget = device_budget
 
     def _make_family(self, X: np.ndarray | None) -> Gaussian:
         # Priors are checked against the data, and their data-dependent
