@@ -1219,7 +1219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream",
         action="store_true",
         help="memory-map the .npy FILE and fit by exact EM over chunks of it "
-        "when it is larger than --device-budget (Gaussian and Bernoulli mixtures)",
+        "when it is larger than --device-budget (gaussian, bernoulli, kmeans)",
     )
     fit.add_argument(
         "--device-budget",

@@ -776,8 +776,8 @@ def test_fit_stream_memory_maps_and_equals_the_in_memory_fit(tmp_path, capsys):
     # data; the seeds may differ) and converge to the same optimum.
     np.testing.assert_allclose(streamed, in_memory, rtol=1e-6)
     code, _, err = run(
-        capsys, "fit", tmp_path / "data.npy", "--stream", "--model", "kmeans"
+        capsys, "fit", tmp_path / "data.npy", "--stream", "--model", "kmedians"
     )
-    assert code == 2 and "--stream does not apply to --model kmeans" in err
+    assert code == 2 and "--stream does not apply to --model kmedians" in err
     code, _, err = run(capsys, "fit", "--stream")
     assert code == 2 and "--stream reads a .npy file" in err

@@ -97,6 +97,7 @@ def test_kmeans_methods_against_numpy():
         "max_iter",
         "tol",
         "random_state",
+        "device_budget",
     }
 
 

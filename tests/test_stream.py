@@ -378,3 +378,24 @@ def test_bernoulli_mixture_streams_too():
     b.fit(bits)
     np.testing.assert_allclose(b.means_, a.means_, rtol=1e-9)
     np.testing.assert_allclose(b.weights_, a.weights_, rtol=1e-9)
+
+
+def test_kmeans_streams_too(tmp_path):
+    np.save(tmp_path / "data.npy", X)
+    mapped = np.load(tmp_path / "data.npy", mmap_mode="r")
+    init = X[[0, 500, 900]]
+    a = jaxmix.KMeans(3, init=init).fit(X)
+    b = jaxmix.KMeans(3, init=init, device_budget=0).fit(mapped)
+    np.testing.assert_allclose(b.cluster_centers_, a.cluster_centers_, rtol=1e-12)
+    np.testing.assert_array_equal(b.labels_, a.labels_)
+    assert b.inertia_ == pytest.approx(a.inertia_, rel=1e-12)
+    assert b.n_iter_ == a.n_iter_
+    # Seeded on a subsample, restarts sharing each pass: a fixed point of
+    # Lloyd's iteration (tol=0: until the labels stop changing) whose inertia
+    # is the one of its own labels.
+    c = jaxmix.KMeans(3, n_init=2, tol=0.0, random_state=0, device_budget=0)
+    c.fit(mapped)
+    centres = np.stack([X[c.labels_ == k].mean(axis=0) for k in range(3)])
+    np.testing.assert_allclose(c.cluster_centers_, centres, rtol=1e-9)
+    inertia = np.sum((X - c.cluster_centers_[c.labels_]) ** 2)
+    assert c.inertia_ == pytest.approx(inertia, rel=1e-9)

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.engine import batch, em, initialization, online
+from jaxmix.engine import batch, em, initialization, online, stream
+from jaxmix.estimators import streaming
 from jaxmix.estimators.base import (
     EstimatorBase,
     OnlineFit,
@@ -37,6 +38,7 @@ from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
     TransformerMixin,
+    check_random_state,
     check_sample_weight,
     jax_key,
     precision,
@@ -185,6 +187,8 @@ class _HardClustering(
         "init": [StrOptions(set(_SEEDING)), "array-like"],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
     }
+    # Not a parameter of every clustering: those without it never stream.
+    device_budget = None
 
     def __init__(
         self,
@@ -262,6 +266,20 @@ class _HardClustering(
                 f"fewer than n_clusters={self.n_clusters}"
             )
 
+    def _streamed_tol(self, X: np.ndarray) -> float:
+        """:meth:`_relative_tol` by chunks: two passes, no copy of the data."""
+        if self.tol == 0:
+            return 0.0
+        total = np.zeros(X.shape[1])
+        for start in range(0, X.shape[0], streaming.CHUNK_ROWS):
+            total += np.sum(X[start : start + streaming.CHUNK_ROWS], 0, np.float64)
+        mean = total / X.shape[0]
+        squares = np.zeros(X.shape[1])
+        for start in range(0, X.shape[0], streaming.CHUNK_ROWS):
+            rows = np.asarray(X[start : start + streaming.CHUNK_ROWS], np.float64)
+            squares += np.sum(np.square(rows - mean), axis=0)
+        return float(np.mean(squares / X.shape[0])) * self.tol
+
     def _relative_tol(self, X: np.ndarray) -> float:
         """scikit-learn's tolerance: ``tol`` × the mean variance of the features."""
         if self.tol == 0:
@@ -295,6 +313,8 @@ class _HardClustering(
             )
             n_init = 1
         family = self._make_family()
+        if streaming.streams(X, self.device_budget):
+            return self._fit_streamed(X, weights, family, centers, init, n_init)
         data, data_weights = pad_samples(X, weights)
         keys = jax.random.split(jax_key(self.random_state), n_init)
         with precision(X.dtype):
@@ -317,6 +337,70 @@ class _HardClustering(
         self.n_iter_ = int(n_iter)
         self.family_ = family
         self._check_convergence(bool(status == em.CONVERGED))
+        return self
+
+    def _fit_streamed(self, X, weights, family, centers, init, n_init):
+        """``fit`` over data larger than ``device_budget``, read in chunks.
+
+        Seeds from a random subsample of rows; Lloyd's iterations by
+        :func:`jaxmix.fit_stream` (hard EM, the centre-shift rule), all
+        restarts sharing each pass; then one pass for every restart's inertia
+        and one for the labels of the lowest.
+        """
+        dtype = X.dtype
+        if weights is None:
+            weights = np.ones(X.shape[0], dtype)
+        keys = jax.random.split(jax_key(self.random_state), n_init)
+        with precision(dtype):
+            if centers is None:
+                rng = check_random_state(self.random_state)
+                sample, sample_weights = streaming.subsample(X, weights, rng)
+                sample = jnp.asarray(sample)
+                sample_weights = jnp.asarray(sample_weights, dtype)
+                starts = jax.vmap(
+                    lambda key: family.params_at(
+                        _seed_centers(
+                            key,
+                            sample,
+                            sample_weights,
+                            n_clusters=self.n_clusters,
+                            method=_SEEDING[init],
+                        )
+                    )
+                )(keys)
+            else:
+                start = family.params_at(jnp.asarray(centers))
+                starts = jax.tree.map(lambda a: a[None], start)
+            results = stream.fit_stream(
+                family,
+                X,
+                starts,
+                max_iter=self.max_iter,
+                tol=self._streamed_tol(X),
+                sample_weight=weights,
+                hard=True,
+                criterion="means",
+                chunk_size=streaming.CHUNK_ROWS,
+            )
+
+            def inertias(x, w):
+                return jax.vmap(
+                    lambda p: _labels_and_inertia(family, x, p.means, w)[1]
+                )(results.params)
+
+            inertia = sum(inertias(x, w) for x, w, _ in streaming.chunks(X, weights))
+            best, index = batch.select_best(results, score=-inertia)
+            labels = [
+                np.asarray(_labels_and_inertia(family, x, best.params.means, w)[0][:n])
+                for x, w, n in streaming.chunks(X, weights)
+            ]
+            best, inertia = jax.device_get((best, inertia[index]))
+        self.cluster_centers_ = np.asarray(best.params.means, dtype=dtype)
+        self.labels_ = np.concatenate(labels).astype(np.int32)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(best.n_iter)
+        self.family_ = family
+        self._check_convergence(bool(best.status == em.CONVERGED))
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
@@ -383,6 +467,11 @@ class KMeans(_HardClustering):
       max_iter: maximum number of iterations.
       tol: tolerance on the centre shift, relative to the data's variance.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      device_budget: None (the data is always copied to the device), or a
+        number of bytes: ``fit`` on data larger than it (e.g. a
+        ``numpy.memmap``) seeds on a random subsample of 65,536 rows and runs
+        Lloyd's iterations over the data read in chunks
+        (:func:`jaxmix.fit_stream`), all restarts sharing each pass.
 
     Attributes:
       cluster_centers_: centres, shape (K, D).
@@ -401,6 +490,32 @@ class KMeans(_HardClustering):
       >>> km.predict([[0.0, 0], [12, 3]])
       array([0, 1], dtype=int32)
     """
+
+    _parameter_constraints: ClassVar[dict] = {
+        **_HardClustering._parameter_constraints,
+        "device_budget": [Interval(Integral, 0, None, closed="left"), None],
+    }
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init=1,
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+        device_budget=None,
+    ):
+        super().__init__(
+            n_clusters,
+            init=init,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+        )
+        self.device_budget = device_budget
 
     def _make_family(self) -> IsotropicGaussian:
         return IsotropicGaussian(variance=1.0, uniform_weights=True)

@@ -37,6 +37,24 @@ def subsample(X: np.ndarray, weights: np.ndarray, rng: np.random.RandomState):
     return np.asarray(X[rows]), weights[rows]
 
 
+def chunks(X: np.ndarray, weights: np.ndarray):
+    """``(X, weights, n_rows)`` device chunks of :data:`CHUNK_ROWS` rows.
+
+    The last is padded with zero-weight copies of its last row, so every
+    chunk has one shape (one compiled program).
+    """
+    n_samples = X.shape[0]
+    for start in range(0, n_samples, CHUNK_ROWS):
+        rows = np.asarray(X[start : start + CHUNK_ROWS])
+        w = np.asarray(weights[start : start + CHUNK_ROWS], X.dtype)
+        n_rows = rows.shape[0]
+        if n_samples > CHUNK_ROWS and n_rows < CHUNK_ROWS:
+            pad = CHUNK_ROWS - n_rows
+            rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
+            w = np.concatenate([w, np.zeros(pad, w.dtype)])
+        yield jnp.asarray(rows), jnp.asarray(w), n_rows
+
+
 def streamed_restarts(
     family,
     X: np.ndarray,
