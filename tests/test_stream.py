@@ -191,7 +191,7 @@ def test_a_bad_chunk_is_named(bad, message):
 def test_a_bad_file_is_named(tmp_path):
     np.save(tmp_path / "a.npy", X[:10])
     np.save(tmp_path / "b.npy", X[10:20, :1])
-    with pytest.raises(ValueError, match="b.npy: 1 features"):
+    with pytest.raises(ValueError, match="b.npy rows 0:10: 1 features"):
         fit_stream(FAMILY, tmp_path, START, max_iter=2, chunk_size=CHUNK)
 
 
@@ -234,6 +234,21 @@ def test_data_that_goes_bad_mid_fit_leaves_the_last_checkpoint_good(tmp_path):
         checkpoint=checkpoint,
     )
     assert_same_fit(resumed, in_memory(tol=-1.0))
+
+
+def test_nan_in_a_later_pass_is_named():
+    calls = []
+    poisoned = X[500:].copy()
+    poisoned[7, 1] = np.nan
+
+    def source():
+        calls.append(1)
+        return iter([X[:500], poisoned if len(calls) == 3 else X[500:]])
+
+    # The checking pass reads the data on the host; later passes check it
+    # on the device.
+    with pytest.raises(ValueError, match="chunk 1: X contains NaN"):
+        fit_stream(FAMILY, source, START, max_iter=5, tol=-1.0, chunk_size=CHUNK)
 
 
 def test_foreign_and_truncated_checkpoints_are_refused(tmp_path):

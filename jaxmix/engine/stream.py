@@ -38,6 +38,7 @@ same checkpoint path resumes from it and ends as the uninterrupted fit would.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import pathlib
 import queue
@@ -65,13 +66,68 @@ def _npy_files(directory: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
+def _mapped_file(X: np.ndarray):
+    """``(path, byte offset)`` of a C-contiguous array viewing a mapped file.
+
+    None for other arrays. ``np.memmap`` and its slices keep the whole
+    mapping's pages resident once touched (they count in the process's
+    memory); reading the file's rows into fresh buffers instead keeps the
+    memory of a pass at a chunk, whatever the file's size.
+    """
+    root = X
+    while isinstance(root, np.ndarray) and not (
+        isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)
+    ):
+        root = root.base
+    if not isinstance(root, np.memmap) or not X.flags.c_contiguous:
+        return None
+    if root.filename is None:
+        return None
+    start = X.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return root.filename, root.offset + start
+
+
+def _file_rows(path, offset, shape, dtype, chunk_size, sample_weight):
+    """Rows of a mapped array read from its file, ``chunk_size`` at a time."""
+    n_samples, n_features = shape
+    row_bytes = n_features * dtype.itemsize
+    with open(path, "rb") as handle:
+        for start in range(0, n_samples, chunk_size):
+            stop = min(start + chunk_size, n_samples)
+            rows = np.empty((stop - start, n_features), dtype)
+            handle.seek(offset + start * row_bytes)
+            if handle.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise ValueError(f"{path}: the file ends before row {stop}")
+            weights = None if sample_weight is None else sample_weight[start:stop]
+            yield f"rows {start}:{stop}", rows, weights
+
+
+def _array_chunks(name, X, sample_weight, chunk_size) -> Iterator[tuple]:
+    mapped = _mapped_file(X) if X.ndim == 2 else None
+    if mapped is not None:
+        for rows_name, rows, weights in _file_rows(
+            *mapped, X.shape, X.dtype, chunk_size, sample_weight
+        ):
+            yield (rows_name if name is None else f"{name} {rows_name}"), rows, weights
+        return
+    if name is not None:
+        yield name, X, sample_weight
+        return
+    for start in range(0, X.shape[0], chunk_size):
+        stop = min(start + chunk_size, X.shape[0])
+        weights = None if sample_weight is None else sample_weight[start:stop]
+        yield f"rows {start}:{stop}", X[start:stop], weights
+
+
 def _source_chunks(source, sample_weight, chunk_size) -> Iterator[tuple]:
     """``(name, X, weights or None)`` for every chunk of the source, in order."""
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         if path.is_dir():
             for file in _npy_files(path):
-                yield file.name, np.load(file, mmap_mode="r"), None
+                yield from _array_chunks(
+                    file.name, np.load(file, mmap_mode="r"), None, chunk_size
+                )
             return
         source = np.load(path, mmap_mode="r")
     if isinstance(source, np.ndarray):
@@ -80,10 +136,7 @@ def _source_chunks(source, sample_weight, chunk_size) -> Iterator[tuple]:
                 f"an array source must be 2-D (n_samples, n_features), got shape "
                 f"{source.shape}"
             )
-        for start in range(0, source.shape[0], chunk_size):
-            stop = min(start + chunk_size, source.shape[0])
-            weights = None if sample_weight is None else sample_weight[start:stop]
-            yield f"rows {start}:{stop}", source[start:stop], weights
+        yield from _array_chunks(None, source, sample_weight, chunk_size)
         return
     if sample_weight is not None:
         raise ValueError(
@@ -112,7 +165,9 @@ def _source_chunks(source, sample_weight, chunk_size) -> Iterator[tuple]:
             yield f"chunk {index}", chunk, None
 
 
-def _checked(name, X, weights, expected: dict) -> tuple[np.ndarray, np.ndarray]:
+def _checked(
+    name, X, weights, expected: dict, full: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """The chunk as host arrays, or a ValueError that names it.
 
     ``expected`` holds the first chunk's number of features and dtype (it is
@@ -132,7 +187,8 @@ def _checked(name, X, weights, expected: dict) -> tuple[np.ndarray, np.ndarray]:
         )
     if X.dtype != dtype:
         raise ValueError(f"{name}: dtype {X.dtype}, but the first chunk has {dtype}")
-    if not np.all(np.isfinite(X)):
+    # Later passes check finiteness on the device, fused into the E-step.
+    if full and not np.all(np.isfinite(X)):
         raise ValueError(f"{name}: X contains NaN or infinite values")
     if weights is None:
         weights = np.ones(X.shape[0], dtype)
@@ -148,29 +204,36 @@ def _checked(name, X, weights, expected: dict) -> tuple[np.ndarray, np.ndarray]:
     return X, weights
 
 
-def _blocks(chunks, chunk_size, expected: dict) -> Iterator[tuple]:
+def _blocks(chunks, chunk_size, expected: dict, full: bool) -> Iterator[tuple]:
     """Checked chunks regrouped into (chunk_size, D) blocks with their weights.
 
-    Yields ``(X, weights, n_rows)``, ``n_rows`` the block's real rows: the last
-    block is padded with zero-weight copies of its last row, so every block
-    has one shape and lies in the family's support.
+    Yields ``(X, weights, n_rows, names)``: ``n_rows`` the block's real rows
+    (the last block is padded with zero-weight copies of its last row, so every
+    block has one shape and lies in the family's support), ``names`` the
+    chunks its rows come from.
     """
-    rows, weights, held = [], [], 0
+    rows, weights, names, held = [], [], [], 0
     for name, X, w in chunks:
-        X, w = _checked(name, X, w, expected)
+        X, w = _checked(name, X, w, expected, full)
         rows.append(X)
         weights.append(w)
+        names.append(name)
         held += X.shape[0]
         while held >= chunk_size:
-            X_all, w_all = np.concatenate(rows), np.concatenate(weights)
-            yield X_all[:chunk_size], w_all[:chunk_size], chunk_size
+            if len(rows) == 1 and rows[0].shape[0] == chunk_size:
+                X_all, w_all = rows[0], weights[0]  # already a block: no copy
+            else:
+                X_all, w_all = np.concatenate(rows), np.concatenate(weights)
+            yield X_all[:chunk_size], w_all[:chunk_size], chunk_size, names
             rows, weights = [X_all[chunk_size:]], [w_all[chunk_size:]]
+            names = [name] if rows[0].shape[0] else []
             held -= chunk_size
     if held:
         X_all, w_all = np.concatenate(rows), np.concatenate(weights)
         pad = chunk_size - held
         X_all = np.concatenate([X_all, np.repeat(X_all[-1:], pad, axis=0)])
-        yield X_all, np.concatenate([w_all, np.zeros(pad, w_all.dtype)]), held
+        w_all = np.concatenate([w_all, np.zeros(pad, w_all.dtype)])
+        yield X_all, w_all, held, names
 
 
 def _prefetched(blocks: Iterator, depth: int = 2) -> Iterator[tuple]:
@@ -190,10 +253,10 @@ def _prefetched(blocks: Iterator, depth: int = 2) -> Iterator[tuple]:
     def produce():
         try:
             with jax.enable_x64(x64):
-                for X, w, n_rows in blocks:
+                for X, w, n_rows, names in blocks:
                     if stop.is_set():
                         return
-                    slots.put((jax.device_put(X), jax.device_put(w), n_rows))
+                    slots.put((jax.device_put(X), jax.device_put(w), n_rows, names))
             slots.put(done)
         except BaseException as error:  # re-raised in the consumer
             slots.put(error)
@@ -220,7 +283,12 @@ def _prefetched(blocks: Iterator, depth: int = 2) -> Iterator[tuple]:
 # -- compiled pieces ------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("hard", "block", "batched"))
 def _block_statistics(family, params, X, weights, origin, *, hard, block, batched):
-    """Statistics and summed log-likelihood of one block, per start if batched."""
+    """Statistics and summed log-likelihood of one block, per start if batched.
+
+    Also whether the block's values are all finite (the checking pass looked
+    at them on the host; later passes look here, at no extra read).
+    """
+    finite = jnp.all(jnp.isfinite(X))
     X = X - origin
 
     def one(p):
@@ -228,7 +296,7 @@ def _block_statistics(family, params, X, weights, origin, *, hard, block, batche
         data, data_weights = em._blocks(family, X, weights, block, n_components)
         return em.accumulate(family, p, data, data_weights, hard=hard)
 
-    return jax.vmap(one)(params) if batched else one(params)
+    return (jax.vmap(one)(params) if batched else one(params)), finite
 
 
 @jax.jit
@@ -401,14 +469,14 @@ def fit_stream(
     batched = jnp.ndim(params.weights) == 2
     expected: dict = {}  # the first chunk's number of features and dtype
 
-    def passes():
+    def passes(full=False):
         chunks = _source_chunks(source, sample_weight, chunk_size)
-        return _prefetched(_blocks(chunks, chunk_size, expected))
+        return _prefetched(_blocks(chunks, chunk_size, expected, full))
 
     # A first pass checks every chunk and takes the number of samples, the
     # total weight and the weighted sum, before any EM state exists.
     total, weighted_sum, n_samples = None, None, 0
-    for X, w, n_rows in passes():
+    for X, w, n_rows, _ in passes(full=True):
         if total is None:
             total, weighted_sum = jnp.sum(w), w @ X
         else:
@@ -446,9 +514,9 @@ def fit_stream(
     since_saved = 0
     while bool(np.any(np.asarray(state.status) == em.RUNNING)):
         began = time.perf_counter()
-        stats, ll_sum = None, None
-        for X, w, _ in passes():
-            block_stats, block_ll = _block_statistics(
+        stats, ll_sum, flags = None, None, []
+        for X, w, _, names in passes():
+            (block_stats, block_ll), finite = _block_statistics(
                 shifted_family,
                 state.params,
                 X,
@@ -458,11 +526,17 @@ def fit_stream(
                 block=block_size,
                 batched=batched,
             )
+            flags.append((finite, names))
             if stats is None:
                 stats, ll_sum = block_stats, block_ll
             else:
                 stats = _combine(shifted_family, stats, block_stats)
                 ll_sum = ll_sum + block_ll
+        for finite, names in flags:  # one host transfer each, after the pass
+            if not bool(finite):
+                raise ValueError(
+                    f"{', '.join(names)}: X contains NaN or infinite values"
+                )
         state = _advance(
             shifted_family,
             state,
