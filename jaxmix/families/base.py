@@ -79,6 +79,39 @@ def one_hot_responsibilities(labels: Array, weights: Array, n_components: int):
     return jax.nn.one_hot(labels, n_components, dtype=weights.dtype) * weights[:, None]
 
 
+def _register_pytree(cls) -> None:
+    """Registers a family dataclass as a pytree; static fields go in the treedef.
+
+    ``jax.tree_util.register_dataclass`` is not used: in jax 0.10 two dataclass
+    treedefs of different classes with equal static fields compare equal, so a
+    compiled function could be reused for the wrong family. A custom node's
+    treedef compares its registration, i.e. the class, too.
+    """
+    fields = dataclasses.fields(cls)
+    data = tuple(f.name for f in fields if not f.metadata.get("static"))
+    meta = tuple(f.name for f in fields if f.metadata.get("static"))
+
+    def flatten_with_keys(family):
+        children = [(jax.tree_util.GetAttrKey(n), getattr(family, n)) for n in data]
+        return children, tuple(getattr(family, n) for n in meta)
+
+    def unflatten(statics, children):
+        family = object.__new__(cls)
+        for name, value in zip(data + meta, tuple(children) + tuple(statics)):
+            object.__setattr__(family, name, value)
+        return family
+
+    jax.tree_util.register_pytree_with_keys(
+        cls,
+        flatten_with_keys,
+        unflatten,
+        flatten_func=lambda f: (
+            [getattr(f, n) for n in data],
+            tuple(getattr(f, n) for n in meta),
+        ),
+    )
+
+
 class Family(abc.ABC):
     """Base class of every mixture family.
 
@@ -93,12 +126,7 @@ class Family(abc.ABC):
         if "closed_form_m_step" not in vars(cls):
             cls.closed_form_m_step = cls.m_step is not Family.m_step
         dataclasses.dataclass(frozen=True)(cls)
-        fields = dataclasses.fields(cls)
-        jax.tree_util.register_dataclass(
-            cls,
-            data_fields=[f.name for f in fields if not f.metadata.get("static")],
-            meta_fields=[f.name for f in fields if f.metadata.get("static")],
-        )
+        _register_pytree(cls)
 
     #: The params ``NamedTuple`` type; it has a ``weights`` field (K,).
     params_type: ClassVar[type]
