@@ -1,12 +1,25 @@
-"""Shared fixtures: small real data sets and a float64 switch."""
+"""Shared fixtures: small real data sets, a float64 switch, hypothesis profiles."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from jaxmix.datasets import load_faithful
+
+# Property tests draw the same examples on every run (derandomize: the seed is
+# a hash of the test), so a failure in CI reproduces anywhere; derandomize also
+# turns off the example database. Every example is a fit (a new shape, a new
+# compilation), so examples are few: at most 25, and each test's @settings may
+# lower that; fits take seconds, so no deadline. To hunt for new
+# counterexamples with random draws: pytest --hypothesis-profile=explore.
+settings.register_profile(
+    "jaxmix", derandomize=True, max_examples=25, deadline=None, print_blob=True
+)
+settings.register_profile("explore", deadline=None)
+settings.load_profile("jaxmix")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import warnings
 
 import jax
@@ -315,23 +317,93 @@ def test_best_restart_is_never_worse_than_any_single_restart(local_optima):
     )
     np.testing.assert_allclose(grouped.all.log_likelihood, single_ll, rtol=1e-9)
     assert int(grouped.best_index) == int(result.best_index)
+    # The restarts run one by one choose the same restart too.
+    one_by_one = jax.tree.map(lambda *leaves: jnp.stack(leaves), *singles)
+    assert int(batch.select_best(one_by_one)[1]) == int(result.best_index)
+
+
+def _scored_results(log_likelihood, status=None) -> em.FitResult:
+    """Restarts that differ only in their final objective (and status)."""
+    n = len(log_likelihood)
+    status = jnp.full(n, em.CONVERGED) if status is None else jnp.asarray(status)
+    return em.FitResult(
+        params=GaussianParams(
+            jnp.zeros((n, 1)), jnp.zeros((n, 1, 1)), jnp.zeros((n, 1, 1, 1))
+        ),
+        log_likelihood=jnp.asarray(log_likelihood),
+        n_iter=jnp.ones(n, int),
+        converged=status == em.CONVERGED,
+        status=status,
+        trace=jnp.zeros((n, 1)),
+    )
 
 
 def test_non_finite_restart_is_never_chosen():
     status = jnp.array([em.MAX_ITER, em.NONFINITE, em.CONVERGED, em.NONFINITE])
-    log_likelihood = jnp.array([-3.0, 10.0, -2.0, jnp.nan])
-    results = em.FitResult(
-        params=GaussianParams(
-            jnp.zeros((4, 1)), jnp.zeros((4, 1, 1)), jnp.zeros((4, 1, 1, 1))
-        ),
-        log_likelihood=log_likelihood,
-        n_iter=jnp.ones(4, int),
-        converged=status == em.CONVERGED,
-        status=status,
-        trace=jnp.zeros((4, 1)),
-    )
+    results = _scored_results(jnp.array([-3.0, 10.0, -2.0, jnp.nan]), status)
     _, index = batch.select_best(results)
     assert int(index) == 2
+    nothing = _scored_results(jnp.array([jnp.nan, 1.0]), [em.MAX_ITER, em.NONFINITE])
+    assert int(batch.select_best(nothing)[1]) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_restarts_tied_up_to_rounding_choose_the_first(dtype):
+    # The same four restarts as two differently batched programs may round
+    # their final objectives: within a few ulps of each other, the largest in
+    # a different place. A plain argmax picks restart 1 in one and 2 in the
+    # other; the rule (ties within 128 ulps, the first wins) picks 0 in both,
+    # while a restart better by more than the tolerance still wins.
+    best = np.asarray(-2.3, dtype)
+
+    def ulps(n):  # n ulps above (n > 0) or below best
+        value = best
+        for _ in range(abs(n)):
+            value = np.nextafter(value, np.asarray(np.sign(n) * np.inf, dtype))
+        return value
+
+    runs = ([ulps(-2), best, ulps(-1), ulps(-5000)], [ulps(-1), ulps(-2), best, best])
+    for scores in runs:
+        results = _scored_results(np.array(scores, dtype))
+        assert int(batch.select_best(results)[1]) == 0
+    clearly_better = _scored_results(np.array([best, ulps(-1), ulps(400)], dtype))
+    assert int(batch.select_best(clearly_better)[1]) == 2
+    # Relative to the score's size: K-means passes minus an inertia, of any scale.
+    big = np.asarray(1e6, dtype)
+    inertia = np.array([big, np.nextafter(big, np.asarray(0, dtype)), 2 * big])
+    results = _scored_results(np.zeros(3, dtype))
+    assert int(batch.select_best(results, score=-jnp.asarray(inertia))[1]) == 0
+    assert int(batch.select_best(results, score=jnp.asarray(-inertia[::-1]))[1]) == 1
+
+
+def test_same_starts_choose_the_same_restart_however_batched(local_optima):
+    # Six starts that are one start with its components permuted and nudged
+    # reach one optimum, so their objectives tie up to round-off, which
+    # differs between the program that fits them vmapped, in groups, or one
+    # by one (float32: ulps of 1e-7). Every way, restart 0 is chosen.
+    X = jnp.asarray(local_optima, jnp.float32)
+    family = Gaussian("full")
+    start = jaxmix.initialize(family, jax.random.key(9), X, 3)
+    nudge = np.random.default_rng(0).normal(scale=1e-3, size=(6, 3, D))
+    orders = np.array(list(itertools.permutations(range(3))))
+    starts = GaussianParams(
+        start.weights[orders],
+        start.means[orders] + nudge.astype(np.float32),
+        start.covariances[orders],
+    )
+    fit = functools.partial(
+        batch.fit_starts_jit, family, X, tol=0.0, sample_weight=None, max_iter=40
+    )
+    vmapped = fit(starts)
+    grouped = fit(starts, batch_size=4)
+    one_by_one = [
+        fit(jax.tree.map(lambda leaf, r=r: leaf[r : r + 1], starts)) for r in range(6)
+    ]
+    one_by_one = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *one_by_one)
+    for results in (vmapped, grouped, one_by_one):
+        scores = np.asarray(results.log_likelihood)
+        np.testing.assert_allclose(scores, scores[0], rtol=1e-6)  # one optimum
+        assert int(batch.select_best(results)[1]) == 0
 
 
 def test_fit_many_with_restarts_equals_fit_restarts(stack):
@@ -378,6 +450,12 @@ def _sklearn_bic(X, params, covariance_type):
     return reference.bic(X)
 
 
+def _marked_rows(table: str) -> list[tuple[str, int]]:
+    """(model, K) of the rows of a sweep's table that end with the mark ``*``."""
+    rows = [line.split() for line in table.splitlines()[1:]]
+    return [(row[0], int(row[1])) for row in rows if row[-1] == "*"]
+
+
 def test_sweep_equals_separate_fits_and_picks_their_bic_best(local_optima):
     X = local_optima
     family = Gaussian("full")
@@ -391,9 +469,10 @@ def test_sweep_equals_separate_fits_and_picks_their_bic_best(local_optima):
         separate = batch.fit_restarts(
             family, X, size_key, k, n_init, method="k-means++", max_iter=60
         )
-        # Restarts that reach the same optimum tie up to round-off: compare the
-        # restart the sweep kept, and its objective with the best separate one.
+        # Restarts that reach the same optimum tie up to round-off, and the
+        # tie goes to the first of them however the fits were batched.
         chosen = int(sweep.best_restart[0, k - 1])
+        assert chosen == int(separate.best_index)
         want = jax.tree.map(lambda leaf, r=chosen: leaf[r], separate.all)
         masked = sweep.model(None, k)
         assert masked.params.weights.shape == (k,)
@@ -407,7 +486,9 @@ def test_sweep_equals_separate_fits_and_picks_their_bic_best(local_optima):
     np.testing.assert_allclose(sweep.bic[0], bics, rtol=1e-9)
     assert sweep.best_n_components == 1 + int(np.argmin(bics))
     assert sweep.best.params.means.shape == (sweep.best_n_components, D)
-    assert "*" in sweep.table()
+    # The table marks exactly the row of lowest BIC (not the largest K, the
+    # highest likelihood, or every row of the winning family).
+    assert _marked_rows(sweep.table()) == [("full", 1 + int(np.argmin(bics)))]
 
 
 def test_sweep_over_covariance_types_picks_the_lowest_bic(local_optima):
@@ -432,6 +513,7 @@ def test_sweep_over_covariance_types_picks_the_lowest_bic(local_optima):
     t, j = np.unravel_index(np.argmin(bics), bics.shape)
     assert sweep.best_family.covariance_type == names[t]
     assert sweep.best_n_components == j + 1
+    assert _marked_rows(sweep.table()) == [(names[t], j + 1)]
     with pytest.raises(ValueError, match="covariance_type"):
         batch.select_n_components(
             jaxmix.families.Bernoulli(), X, jax.random.key(0), 2, covariance_types=names
@@ -497,7 +579,6 @@ def test_new_data_tol_reg_covar_and_priors_do_not_recompile(stack):
 # -- estimator -----------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_estimator_fit_many_equals_single_fits(ragged):
     datasets, starts = ragged
     settings = dict(
@@ -507,12 +588,24 @@ def test_estimator_fit_many_equals_single_fits(ragged):
         means_init=starts.means[0],
         precisions_init=np.linalg.inv(starts.covariances[0]),
     )
+    singles = []
+    for X in datasets:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            singles.append(jaxmix.GaussianMixture(K, **settings).fit(X))
+        # A fit warns that it did not converge exactly when it did not.
+        warned = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        assert warned == (not singles[-1].converged_)
+    unconverged = sum(not single.converged_ for single in singles)
+    assert unconverged > 0  # the stack's warning is exercised
+    # fit_many warns once for the stack, counting the fits that did not converge.
     model = jaxmix.GaussianMixture(K, **settings)
-    fitted = model.fit_many(datasets)
+    message = f"^{unconverged} of {len(datasets)} fits did not converge"
+    with pytest.warns(ConvergenceWarning, match=message):
+        fitted = model.fit_many(datasets)
     assert len(fitted) == len(datasets)
     assert fitted.means_.shape == (len(datasets), K, D)
-    for b, X in enumerate(datasets):
-        single = jaxmix.GaussianMixture(K, **settings).fit(X)
+    for b, (X, single) in enumerate(zip(datasets, singles, strict=True)):
         np.testing.assert_allclose(fitted.means_[b], single.means_, rtol=1e-7)
         np.testing.assert_allclose(
             fitted.covariances_[b], single.covariances_, rtol=1e-7

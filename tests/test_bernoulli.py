@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import logsumexp, xlogy
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.exceptions import ConvergenceWarning
 
 import jaxmix
 from jaxmix.engine import em
@@ -62,18 +62,26 @@ def numpy_log_prior(weights, means, alpha, beta):
     return total
 
 
-def numpy_em(X, weights, means, n_iter, alpha=None, beta=None, uniform=False):
-    """Returns the final params and the objective at each iteration's E-step."""
-    n_samples, n_components = X.shape[0], len(weights)
+def numpy_em(
+    X, weights, means, n_iter, alpha=None, beta=None, uniform=False, sample_weight=None
+):
+    """Returns the final params and the objective at each iteration's E-step.
+
+    With ``sample_weight`` every sum over samples is weighted and N is the
+    total weight.
+    """
+    n_components = len(weights)
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight)
+    n_samples = w.sum()
     if uniform:
         weights = np.full(n_components, 1.0 / n_components)
     trace = []
     for _ in range(n_iter):
         log_joint = numpy_log_density(X, means) + np.log(weights)
         log_norm = logsumexp(log_joint, axis=1)
-        resp = np.exp(log_joint - log_norm[:, None])
+        resp = np.exp(log_joint - log_norm[:, None]) * w[:, None]
         prior = numpy_log_prior(weights, means, None if uniform else alpha, beta)
-        trace.append((log_norm.sum() + prior) / n_samples)
+        trace.append((w @ log_norm + prior) / n_samples)
         counts = resp.sum(0)
         sums = resp.T @ X
         if uniform:
@@ -126,8 +134,8 @@ def test_estimator_matches_numpy_em(case):
     ref_weights, ref_means, ref_trace = numpy_em(
         X, weights, means, N_ITER, **CASES[case]
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # not converged after N_ITER: expected
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        # tol=0 never converges: the warning is part of the behaviour.
         model = _estimator(case, weights, means, max_iter=N_ITER).fit(X)
     assert model.means_.dtype == np.float64
     assert model.n_iter_ == N_ITER
@@ -265,11 +273,30 @@ def test_bool_and_int_input_fit_the_same(fitted):
         np.testing.assert_allclose(other.score_samples(data), model.score_samples(X))
 
 
-def test_float32_stays_float32():
-    X = make_data().astype(np.float32)
-    model = BernoulliMixture(K, random_state=0, mean_prior=(2.0, 2.0)).fit(X)
-    assert model.means_.dtype == np.float32
+def test_float32_fit_matches_float64_reference():
+    # The same data and start fitted in float32 follow the float64 numpy EM
+    # up to float32 round-off: 100 iterations, each rounding sums of 240
+    # terms at eps = 6e-8, leave 2e-7 on the means (measured); the bound is
+    # ten times that, and fails if the float32 path drops the prior, stops
+    # early, or loses precision in its sums.
+    X = make_data()
+    weights, means = make_start()
+    beta = (2.0, 2.0)
+    ref_weights, ref_means, ref_trace = numpy_em(X, weights, means, N_ITER, beta=beta)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        model = BernoulliMixture(
+            K,
+            tol=0.0,
+            max_iter=N_ITER,
+            weights_init=weights,
+            means_init=means,
+            mean_prior=beta,
+        ).fit(X.astype(np.float32))
+    assert model.means_.dtype == np.float32 and model.weights_.dtype == np.float32
     assert np.all((model.means_ > 0) & (model.means_ < 1))
+    np.testing.assert_allclose(model.means_, ref_means, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(model.weights_, ref_weights, rtol=0, atol=2e-6)
+    assert model.lower_bound_ == pytest.approx(ref_trace[-1], rel=1e-6)
 
 
 def test_sample_follows_the_model(fitted):
@@ -285,12 +312,56 @@ def test_sample_follows_the_model(fitted):
     np.testing.assert_allclose(freq, model.weights_, atol=0.02)
 
 
-def test_kmeans_init():
+def test_kmeans_init_starts_from_lloyd_clusters():
+    # init_params="kmeans" is the M-step of one-hot labels of Lloyd's K-means.
+    # With max_iter=0 the fitted model is that start: its means must be a
+    # fixed point of Lloyd's iteration (scikit-learn's KMeans started there
+    # stays there) and its weights the cluster sizes over N. Random
+    # responsibilities (the option ignored) give means near the data mean, and
+    # one-hot k-means++ seeds without Lloyd's iterations give single samples:
+    # neither is a fixed point.
     X = make_data()
+    start = BernoulliMixture(K, init_params="kmeans", max_iter=0, random_state=0)
+    start.fit(X)
+    lloyd = SkKMeans(K, init=start.means_, n_init=1, algorithm="lloyd", tol=0.0)
+    lloyd.fit(X)
+    np.testing.assert_allclose(start.means_, lloyd.cluster_centers_, atol=1e-12)
+    counts = np.bincount(lloyd.labels_, minlength=K)
+    np.testing.assert_allclose(start.weights_, counts / N, rtol=1e-12)
+    # The fit with the default max_iter starts there (same random_state, same
+    # start) and then follows the float64 numpy EM.
     model = BernoulliMixture(K, init_params="kmeans", random_state=0).fit(X)
-    assert np.all((model.means_ >= 0) & (model.means_ <= 1))
-    assert model.weights_.sum() == pytest.approx(1.0)
-    assert np.isfinite(model.lower_bound_)
+    assert model.converged_
+    ref_weights, ref_means, ref_trace = numpy_em(
+        X, start.weights_, start.means_, model.n_iter_
+    )
+    np.testing.assert_allclose(model.means_, ref_means, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.weights_, ref_weights, rtol=1e-9)
+    np.testing.assert_allclose(model.lower_bounds_, ref_trace, rtol=1e-10)
+
+
+def test_sample_weight_matches_weighted_numpy_em():
+    # Weighted EM against the weighted float64 reference, with priors (whose
+    # N is the total weight): catches weights ignored in the statistics, in
+    # the objective, or in the MAP denominators (N instead of Σ w). The
+    # reference itself honours the identity that integer weights repeat rows.
+    X = make_data(seed=9)
+    weights, means = make_start(seed=10)
+    counts = np.random.default_rng(11).integers(0, 4, size=N).astype(np.float64)
+    options = CASES["map"]
+    ref_weights, ref_means, ref_trace = numpy_em(
+        X, weights, means, N_ITER, sample_weight=counts, **options
+    )
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        model = _estimator("map", weights, means, max_iter=N_ITER)
+        model.fit(X, sample_weight=counts)
+    np.testing.assert_allclose(model.weights_, ref_weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.means_, ref_means, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.lower_bounds_, ref_trace, rtol=1e-10)
+    repeated = np.repeat(X, counts.astype(int), axis=0)
+    np.testing.assert_allclose(
+        numpy_em(repeated, weights, means, N_ITER, **options)[1], ref_means, rtol=1e-9
+    )
 
 
 def test_priors_keep_held_out_likelihood_finite():
@@ -299,12 +370,10 @@ def test_priors_keep_held_out_likelihood_finite():
     train, test = make_data(seed=7), make_data(seed=8)
     train[:, 0] = 0.0
     test[::2, 0] = 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ml = BernoulliMixture(K, random_state=0).fit(train)
-        bayes = BernoulliMixture(
-            K, random_state=0, mean_prior=(2, 2), weight_concentration_prior=2
-        ).fit(train)
+    ml = BernoulliMixture(K, random_state=0).fit(train)
+    bayes = BernoulliMixture(
+        K, random_state=0, mean_prior=(2, 2), weight_concentration_prior=2
+    ).fit(train)
     np.testing.assert_array_equal(ml.means_[:, 0], 0.0)
     ml_scores = ml.score_samples(test)
     assert not np.isnan(ml_scores).any()
@@ -385,7 +454,8 @@ def test_impossible_samples_are_reported_not_nan():
 def test_fitted_mixture_mean_is_the_data_mean():
     # Identity of the ML M-step: Σ_k π_k θ_k is the sample mean.
     X = (np.random.default_rng(3).random((80, 5)) < 0.3).astype(float)
-    model = BernoulliMixture(3, max_iter=7, tol=0.0, random_state=0).fit(X)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        model = BernoulliMixture(3, max_iter=7, tol=0.0, random_state=0).fit(X)
     np.testing.assert_allclose(model.mean(), X.mean(axis=0), rtol=1e-12)
     cov = model.covariance()
     np.testing.assert_allclose(np.diag(cov), X.mean(0) * (1 - X.mean(0)), rtol=1e-12)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import real_datasets, spread_start
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import jaxmix
@@ -16,6 +17,12 @@ from jaxmix import GaussianMixture
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 N_COMPONENTS = {"faithful": 2, "iris": 3, "wine": 3, "breast_cancer": 2, "digits": 4}
 DATA = real_datasets()
+
+
+def _fit_to_max_iter(model, X, **fit_kwargs):
+    """Fit a model that cannot converge (tol=0): it warns that it did not."""
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        return model.fit(X, **fit_kwargs)
 
 
 def _fit_both(X, covariance_type, n_components, n_iter):
@@ -28,9 +35,9 @@ def _fit_both(X, covariance_type, n_components, n_iter):
         means_init=means,
         precisions_init=precisions,
     )
+    ours = _fit_to_max_iter(GaussianMixture(n_components, **kwargs), X)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = GaussianMixture(n_components, **kwargs).fit(X)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # scikit-learn's own
         theirs = SkGaussianMixture(n_components, **kwargs).fit(X)
     return ours, theirs
 
@@ -87,10 +94,8 @@ def test_float32_close_to_float64(covariance_type, offset):
         means_init=means,
         precisions_init=precisions,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        single = GaussianMixture(3, **kwargs).fit(X32)
-        double = GaussianMixture(3, **kwargs).fit(X32.astype(np.float64))
+    single = _fit_to_max_iter(GaussianMixture(3, **kwargs), X32)
+    double = _fit_to_max_iter(GaussianMixture(3, **kwargs), X32.astype(np.float64))
     assert single.means_.dtype == np.float32 and double.means_.dtype == np.float64
     np.testing.assert_allclose(single.weights_, double.weights_, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(
@@ -120,9 +125,7 @@ def test_integer_and_boolean_input_is_float64():
 
 
 def _default_fit():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return GaussianMixture(2, random_state=0).fit(DATA["faithful"])
+    return GaussianMixture(2, random_state=0).fit(DATA["faithful"])
 
 
 def test_methods_agree_with_each_other():
@@ -169,10 +172,10 @@ def test_sample_weight_equals_repeated_rows():
         means_init=means,
         precisions_init=precisions,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        weighted = GaussianMixture(3, **kwargs).fit(X, sample_weight=counts)
-        repeated = GaussianMixture(3, **kwargs).fit(np.repeat(X, counts, axis=0))
+    weighted = _fit_to_max_iter(GaussianMixture(3, **kwargs), X, sample_weight=counts)
+    repeated = _fit_to_max_iter(
+        GaussianMixture(3, **kwargs), np.repeat(X, counts, axis=0)
+    )
     np.testing.assert_allclose(weighted.means_, repeated.means_, rtol=1e-9)
     np.testing.assert_allclose(weighted.covariances_, repeated.covariances_, rtol=1e-9)
     assert weighted.lower_bound_ == pytest.approx(repeated.lower_bound_, rel=1e-10)
@@ -180,11 +183,9 @@ def test_sample_weight_equals_repeated_rows():
 
 def test_warm_start_continues_from_previous_fit():
     X = DATA["faithful"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cold = GaussianMixture(2, max_iter=6, tol=0.0, random_state=0).fit(X)
-        warm = GaussianMixture(2, max_iter=3, tol=0.0, random_state=0, warm_start=True)
-        warm.fit(X).fit(X)
+    cold = _fit_to_max_iter(GaussianMixture(2, max_iter=6, tol=0.0, random_state=0), X)
+    warm = GaussianMixture(2, max_iter=3, tol=0.0, random_state=0, warm_start=True)
+    _fit_to_max_iter(_fit_to_max_iter(warm, X), X)
     np.testing.assert_allclose(warm.means_, cold.means_, rtol=1e-10)
     np.testing.assert_allclose(warm.covariances_, cold.covariances_, rtol=1e-10)
 
@@ -196,11 +197,9 @@ def test_n_init_keeps_the_best_restart(x64):
     from jaxmix.estimators.validation import jax_key
 
     X = DATA["wine"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        best = GaussianMixture(
-            4, n_init=4, init_params="random", random_state=3, covariance_type="diag"
-        ).fit(X)
+    best = GaussianMixture(
+        4, n_init=4, init_params="random", random_state=3, covariance_type="diag"
+    ).fit(X)
     family = jaxmix.families.Gaussian("diag")
     data = jax.numpy.asarray(X)
     singles = []
@@ -212,11 +211,9 @@ def test_n_init_keeps_the_best_restart(x64):
 
 
 def test_verbose_prints_a_report(capsys):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        GaussianMixture(2, verbose=2, verbose_interval=1, random_state=0).fit(
-            DATA["faithful"]
-        )
+    GaussianMixture(2, verbose=2, verbose_interval=1, random_state=0).fit(
+        DATA["faithful"]
+    )
     out = capsys.readouterr().out
     assert "Initialization 0" in out and "Iteration 1" in out and "ll change" in out
 
@@ -250,11 +247,7 @@ DEGENERATE = {
 @pytest.mark.parametrize("case", sorted(DEGENERATE))
 def test_degenerate_data_fits_to_finite_parameters(case, covariance_type, dtype):
     X = DEGENERATE[case].astype(dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(
-            X
-        )
+    model = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
         assert np.all(np.isfinite(getattr(model, name))), name
     assert np.isfinite(model.lower_bound_)
@@ -347,15 +340,15 @@ def test_moments_of_a_fit_equal_the_data_moments(covariance_type):
     # Identity of the ML M-step: after it, Σ π_k μ_k is the sample mean and the
     # mixture covariance is the (biased) sample covariance plus reg_covar·I.
     X = DATA["wine"][:, :4]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = GaussianMixture(
-            3,
-            covariance_type=covariance_type,
-            max_iter=5,
-            reg_covar=1e-4,
-            random_state=0,
-        ).fit(X)
+    model = GaussianMixture(
+        3,
+        covariance_type=covariance_type,
+        max_iter=5,
+        tol=0.0,
+        reg_covar=1e-4,
+        random_state=0,
+    )
+    _fit_to_max_iter(model, X)
     np.testing.assert_allclose(model.mean(), X.mean(axis=0), rtol=1e-12)
     expected = np.cov(X.T, bias=True) + 1e-4 * np.eye(4)
     np.testing.assert_allclose(model.covariance(), expected, rtol=1e-10)

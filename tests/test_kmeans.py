@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import real_datasets
 from sklearn.cluster import KMeans as SkKMeans
+from sklearn.exceptions import ConvergenceWarning
 
 import jaxmix
 from jaxmix.engine import em
@@ -101,6 +102,39 @@ def test_kmeans_methods_against_numpy():
     }
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_kmeans_sample_weight_matches_scikit_learn(tol):
+    # Real-valued weights, from the same initial centres: the weighted means,
+    # the weighted inertia and the stopping rule (whose tolerance scales with
+    # the unweighted variance in scikit-learn) must all match. Catches weights
+    # ignored in the M-step, in the inertia, or in the tolerance's variance.
+    X = standardized("wine")
+    weights = np.random.default_rng(3).uniform(0.1, 3.0, len(X))
+    centres = start(X, 5)
+    theirs = SkKMeans(5, algorithm="lloyd", n_init=1, init=centres, tol=tol)
+    theirs.fit(X, sample_weight=weights)
+    ours = KMeans(5, init=centres, tol=tol).fit(X, sample_weight=weights)
+    np.testing.assert_allclose(
+        ours.cluster_centers_, theirs.cluster_centers_, rtol=0, atol=1e-6
+    )
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-10)
+    unweighted = SkKMeans(5, algorithm="lloyd", n_init=1, init=centres, tol=tol)
+    assert not np.allclose(unweighted.fit(X).cluster_centers_, ours.cluster_centers_)
+
+
+@pytest.mark.parametrize("estimator", [KMeans, KMedians])
+def test_init_array_with_several_restarts_warns_and_fits_once(estimator):
+    X = standardized("iris")
+    centres = start(X, 3)
+    with pytest.warns(RuntimeWarning, match="performing only one init"):
+        several = estimator(3, init=centres, n_init=3).fit(X)
+    once = estimator(3, init=centres).fit(X)
+    np.testing.assert_array_equal(several.cluster_centers_, once.cluster_centers_)
+    assert several.inertia_ == once.inertia_
+
+
 def test_more_restarts_never_worse():
     X = standardized("wine")
     one = KMeans(6, init="random", n_init=1, random_state=3).fit(X)
@@ -175,6 +209,78 @@ def test_kmedians_matches_numpy_reference(name, weighted):
     assert model.score(X, sample_weight=weights) == pytest.approx(
         -weights @ l1, rel=1e-12
     )
+
+
+def kmedians_tol_reference(X, centres, tol, max_iter=300):
+    """Numpy K-medians with the centre-shift rule: stop once Σ_k ‖Δc_k‖² ≤ tol.
+
+    ``tol`` is absolute (the estimator's tol × the mean feature variance).
+    Returns the centres after the stopping iteration, the labels of those
+    centres, the iteration count and the shift of every iteration.
+    """
+    shifts = []
+    while len(shifts) < max_iter:
+        labels = np.abs(X[:, None, :] - centres[None]).sum(axis=-1).argmin(axis=1)
+        new = np.stack(
+            [
+                # the lower median of each feature (unit weights)
+                np.sort(X[labels == k], axis=0)[((labels == k).sum() - 1) // 2]
+                for k in range(len(centres))
+            ]
+        )
+        shifts.append(np.sum((new - centres) ** 2))
+        centres = new
+        if shifts[-1] <= tol:
+            break
+    labels = np.abs(X[:, None, :] - centres[None]).sum(axis=-1).argmin(axis=1)
+    return centres, labels, len(shifts), np.array(shifts)
+
+
+def test_kmedians_tol_stops_on_the_centre_shift():
+    # With tol > 0 the fit stops at the first iteration whose centre shift is
+    # at most tol × the mean variance (9 here), before the fixed point that
+    # tol=0 runs to (iteration 7 of 10); ignoring tol, comparing the shift
+    # with the unscaled tol, or testing the previous iteration's shift would
+    # stop elsewhere.
+    X = 3.0 * standardized("wine")
+    centres = start(X, 4)
+    tol = 0.15
+    scaled = tol * np.var(X, axis=0).mean()
+    expected, labels, n_iter, shifts = kmedians_tol_reference(X, centres, scaled)
+    exact = KMedians(4, init=centres).fit(X)
+    assert n_iter < exact.n_iter_  # tol matters here
+    # No shift lies near the threshold, where round-off could decide.
+    assert np.all(np.abs(shifts - scaled) > 1e-3 * scaled)
+    model = KMedians(4, init=centres, tol=tol).fit(X)
+    assert model.n_iter_ == n_iter
+    np.testing.assert_array_equal(model.cluster_centers_, expected)
+    np.testing.assert_array_equal(model.labels_, labels)
+    l1 = np.abs(X - expected[labels]).sum()
+    assert model.inertia_ == pytest.approx(l1, rel=1e-12)
+
+
+def test_kmedians_fit_transform_is_fit_then_transform():
+    X = standardized("iris")
+    centres = start(X, 3)
+    distances = KMedians(3, init=centres).fit_transform(X)
+    model = KMedians(3, init=centres).fit(X)
+    np.testing.assert_array_equal(distances, model.transform(X))
+    l1 = np.abs(X[:, None, :] - model.cluster_centers_[None]).sum(axis=-1)
+    np.testing.assert_allclose(distances, l1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(distances.argmin(axis=1), model.labels_)
+
+
+def test_kmedians_warns_when_max_iter_comes_before_a_fixed_point():
+    X = standardized("wine")
+    centres = start(X, 4)
+    with pytest.warns(ConvergenceWarning, match="before reaching a fixed point"):
+        model = KMedians(4, init=centres, max_iter=2).fit(X)
+    assert model.n_iter_ == 2
+    # With tol > 0 it stops on the centre shift, as K-means does, and like
+    # K-means (and scikit-learn's) it does not warn at max_iter.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KMedians(4, init=centres, max_iter=2, tol=1e-4).fit(X)
 
 
 def assert_kmedians_fixed_point(X, model, weights):
@@ -323,9 +429,7 @@ def test_more_clusters_than_distinct_points(estimator, init):
     X = np.repeat(np.array([[0.0, 1.0], [2.0, 3.0], [5.0, -1.0]]), 4, axis=0)
     if init == "duplicated":
         init = X[[0, 0, 0, 4, 4]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = estimator(5, init=init, random_state=0).fit(X)
+    model = estimator(5, init=init, random_state=0).fit(X)
     assert np.all(np.isfinite(model.cluster_centers_))
     assert model.inertia_ == 0.0
     assert set(map(tuple, model.cluster_centers_)) <= set(map(tuple, X))
