@@ -3,6 +3,7 @@
 import importlib
 from typing import TYPE_CHECKING
 
+from jaxmix import _cache as _cache
 from jaxmix import families as families
 from jaxmix.engine.em import CONVERGED as CONVERGED
 from jaxmix.engine.em import MAX_ITER as MAX_ITER
@@ -33,6 +34,9 @@ from jaxmix.engine.online import fit_online as fit_online
 from jaxmix.engine.online import init_online as init_online
 from jaxmix.engine.online import online_step as online_step
 from jaxmix.engine.stream import fit_stream as fit_stream
+
+# Compiled programs are kept on disk for the next process (see jaxmix._cache).
+_cache.configure()
 
 # The estimators import scikit-learn when it is installed, which takes longer
 # than importing the rest of jaxmix: they are imported when first used.
