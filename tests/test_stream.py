@@ -144,8 +144,10 @@ def test_restarts_share_each_pass():
     for i, start in enumerate((START, other)):
         reference = in_memory(start)
         assert_same_fit(jax.tree.map(lambda leaf: leaf[i], result), reference)
-    # One pass per iteration of the slowest start, plus the checking pass.
-    assert len(reads) == int(np.max(result.n_iter)) + 1
+    # One pass per iteration of the slowest start, plus the checking pass; the
+    # reader may have begun the pass after the last one (it reads ahead).
+    n_passes = int(np.max(result.n_iter)) + 1
+    assert n_passes <= len(reads) <= n_passes + 1
 
 
 def test_hard_em_and_the_means_criterion():

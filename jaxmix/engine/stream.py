@@ -236,48 +236,69 @@ def _blocks(chunks, chunk_size, expected: dict, full: bool) -> Iterator[tuple]:
         yield X_all, w_all, held, names
 
 
-def _prefetched(blocks: Iterator, depth: int = 2) -> Iterator[tuple]:
-    """The blocks on the device, read and copied ``depth`` blocks ahead.
+class _Reader:
+    """Blocks on the device, read and copied ahead by a thread, pass after pass.
 
-    A thread reads the source (disk, memory map, user code) and starts the
-    host-to-device copies while the caller's computations run; an exception
-    in the thread is raised in the caller, in order.
+    ``make_blocks()`` returns a fresh iterator over one pass's blocks. The
+    thread reads the source (disk, memory map, user code) and starts the
+    host-to-device copies up to ``depth`` blocks ahead while the caller's
+    computations run; with ``repeat`` it goes straight on into the next pass,
+    so the next pass's first blocks are read while this pass's last blocks
+    are computed and the M-step runs. An exception in the thread is raised in
+    the caller, in order. Use as a context manager: leaving it stops the thread.
     """
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-    # JAX's x64 switch may be a context of the calling thread; the copies
-    # must keep the dtype the caller would get.
-    x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
 
-    def produce():
-        try:
-            with jax.enable_x64(x64):
-                for X, w, n_rows, names in blocks:
-                    if stop.is_set():
-                        return
-                    slots.put((jax.device_put(X), jax.device_put(w), n_rows, names))
-            slots.put(done)
-        except BaseException as error:  # re-raised in the consumer
-            slots.put(error)
+    _END = object()  # marks the end of a pass
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
+    def __init__(self, make_blocks, *, repeat: bool, depth: int = 2):
+        self._slots: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        # JAX's x64 switch may be a context of the calling thread; the copies
+        # must keep the dtype the caller would get.
+        x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
+
+        def produce():
+            try:
+                with jax.enable_x64(x64):
+                    while True:
+                        for X, w, n_rows, names in make_blocks():
+                            item = (jax.device_put(X), jax.device_put(w), n_rows, names)
+                            if not self._put(item):
+                                return
+                        if not self._put(self._END) or not repeat:
+                            return
+            except BaseException as error:  # re-raised in the consumer
+                self._put(error)
+
+        self._thread = threading.Thread(target=produce, daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        """Queue ``item``, waiting for room; False once the reader is closed."""
+        while not self._stop.is_set():
+            try:
+                self._slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next_pass(self) -> Iterator[tuple]:
+        """``(X, weights, n_rows, names)`` of every block of the next pass."""
         while True:
-            item = slots.get()
-            if item is done:
+            item = self._slots.get()
+            if item is self._END:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                thread.join(0.01)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
 
 
 # -- compiled pieces ------------------------------------------------------------
@@ -478,19 +499,20 @@ def fit_stream(
     batched = jnp.ndim(params.weights) == 2
     expected: dict = {}  # the first chunk's number of features and dtype
 
-    def passes(full=False):
+    def blocks(full=False):
         chunks = _source_chunks(source, sample_weight, chunk_size)
-        return _prefetched(_blocks(chunks, chunk_size, expected, full))
+        return _blocks(chunks, chunk_size, expected, full)
 
     # A first pass checks every chunk and takes the number of samples, the
     # total weight and the weighted sum, before any EM state exists.
     total, weighted_sum, n_samples = None, None, 0
-    for X, w, n_rows, _ in passes(full=True):
-        if total is None:
-            total, weighted_sum = jnp.sum(w), w @ X
-        else:
-            total, weighted_sum = total + jnp.sum(w), weighted_sum + w @ X
-        n_samples += n_rows
+    with _Reader(functools.partial(blocks, full=True), repeat=False) as reader:
+        for X, w, n_rows, _ in reader.next_pass():
+            if total is None:
+                total, weighted_sum = jnp.sum(w), w @ X
+            else:
+                total, weighted_sum = total + jnp.sum(w), weighted_sum + w @ X
+            n_samples += n_rows
     if total is None:
         raise ValueError("the source holds no data")
     n_features, dtype = expected["n_features"], total.dtype
@@ -521,56 +543,59 @@ def fit_stream(
         origin = jnp.asarray(saved_origin, dtype)
     tol = jnp.asarray(tol, dtype)
     since_saved = 0
-    while bool(np.any(np.asarray(state.status) == em.RUNNING)):
-        began = time.perf_counter()
-        running, flags = None, []
-        for X, w, _, names in passes():
-            (block_stats, block_ll), finite = _block_statistics(
+    with _Reader(blocks, repeat=True) as reader:
+        while bool(np.any(np.asarray(state.status) == em.RUNNING)):
+            began = time.perf_counter()
+            running, flags = None, []
+            for X, w, _, names in reader.next_pass():
+                (block_stats, block_ll), finite = _block_statistics(
+                    shifted_family,
+                    state.params,
+                    X,
+                    w,
+                    origin,
+                    hard=hard,
+                    block=block_size,
+                    batched=batched,
+                )
+                flags.append((finite, names))
+                block = (block_stats, block_ll, finite)
+                running = (
+                    block
+                    if running is None
+                    else _combine(shifted_family, running, block)
+                )
+            stats, ll_sum, all_finite = running
+            if not bool(all_finite):  # the one host synchronisation of a pass
+                for finite, names in flags:
+                    if not bool(finite):
+                        raise ValueError(
+                            f"{', '.join(names)}: X contains NaN or infinite values"
+                        )
+            state = _advance(
                 shifted_family,
-                state.params,
-                X,
-                w,
-                origin,
-                hard=hard,
-                block=block_size,
+                state,
+                stats,
+                ll_sum,
+                total,
+                tol,
+                max_iter=max_iter,
+                criterion=criterion,
                 batched=batched,
             )
-            flags.append((finite, names))
-            block = (block_stats, block_ll, finite)
-            running = (
-                block if running is None else _combine(shifted_family, running, block)
-            )
-        stats, ll_sum, all_finite = running
-        if not bool(all_finite):  # the one host synchronisation of a pass
-            for finite, names in flags:
-                if not bool(finite):
-                    raise ValueError(
-                        f"{', '.join(names)}: X contains NaN or infinite values"
-                    )
-        state = _advance(
-            shifted_family,
-            state,
-            stats,
-            ll_sum,
-            total,
-            tol,
-            max_iter=max_iter,
-            criterion=criterion,
-            batched=batched,
-        )
-        since_saved += 1
-        finished = not bool(np.any(np.asarray(state.status) == em.RUNNING))
-        if path is not None and (since_saved >= checkpoint_every or finished):
-            _save_checkpoint(path, state, origin, fingerprint)
-            since_saved = 0
-        if verbose:
-            seconds = time.perf_counter() - began
-            objective = np.asarray(state.log_likelihood)
-            print(
-                f"iteration {int(np.max(np.asarray(state.n_iter)))}: objective "
-                f"{np.array2string(objective, precision=8)}, "
-                f"{n_samples / seconds:,.0f} samples/s"
-            )
+            since_saved += 1
+            finished = not bool(np.any(np.asarray(state.status) == em.RUNNING))
+            if path is not None and (since_saved >= checkpoint_every or finished):
+                _save_checkpoint(path, state, origin, fingerprint)
+                since_saved = 0
+            if verbose:
+                seconds = time.perf_counter() - began
+                objective = np.asarray(state.log_likelihood)
+                print(
+                    f"iteration {int(np.max(np.asarray(state.n_iter)))}: objective "
+                    f"{np.array2string(objective, precision=8)}, "
+                    f"{n_samples / seconds:,.0f} samples/s"
+                )
     return em.FitResult(
         params=translate(state.params, origin),
         log_likelihood=state.log_likelihood,
