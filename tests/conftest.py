@@ -21,11 +21,10 @@ settings.register_profile(
 settings.register_profile("explore", deadline=None)
 settings.load_profile("jaxmix")
 
-# Importing jaxmix turns on JAX's persistent compilation cache (jaxmix._cache).
-# The suite also stores programs that compile quickly: every module drops its
-# compiled programs when it ends (below), and the test workers share the cache,
-# so a program another module or worker compiled is loaded instead of rebuilt.
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+# Importing jaxmix turns on JAX's persistent compilation cache (jaxmix._cache):
+# every module drops its compiled programs when it ends (below), and the test
+# workers share the cache, so a program another module or worker compiled is
+# loaded instead of rebuilt.
 
 
 @pytest.fixture(scope="session", autouse=True)
