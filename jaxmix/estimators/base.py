@@ -562,6 +562,36 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         """Responsibilities p(k | x_n), shape (N, K)."""
         return np.exp(self._log_resp(self._validate_predict_input(X)))
 
+    # -- sampling ----------------------------------------------------------------
+    def _draw(self, rng: np.random.RandomState, labels: np.ndarray) -> np.ndarray:
+        """Samples of the given components (sorted labels), (len(labels), D)."""
+        raise NotImplementedError
+
+    def sample(self, n_samples=1):
+        """Draw samples from the fitted mixture.
+
+        The components' counts are multinomial with the fitted weights; the
+        random stream is ``random_state``'s.
+
+        Returns:
+          ``(X, y)``: samples (n_samples, D) in the model's dtype, grouped by
+          component, and their component labels.
+        """
+        check_is_fitted(self)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral):
+            raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
+        if n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
+                "at least one sample."
+            )
+        rng = check_random_state(self.random_state)
+        weights = np.asarray(self.weights_, np.float64)
+        counts = rng.multinomial(n_samples, weights / weights.sum())
+        labels = np.repeat(np.arange(weights.shape[0]), counts)
+        X = np.asarray(self._draw(rng, labels))
+        return X.astype(self._fitted_dtype(), copy=False), labels
+
     def _n_parameters(self) -> int:
         return self.family_.n_parameters(self.n_components, self.n_features_in_)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -14,7 +13,6 @@ from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
     check_is_fitted,
-    check_random_state,
     check_weights_init,
     precision,
 )
@@ -312,25 +310,6 @@ class BernoulliMixture(MixtureEstimator):
         with precision(self.means_.dtype):
             return np.asarray(mixture.bernoulli_covariance(self.weights_, self.means_))
 
-    def sample(self, n_samples=1):
-        """Draw binary samples from the fitted mixture.
-
-        Returns:
-          ``(X, y)``: samples (n_samples, D) of zeros and ones, grouped by
-          component, and their component labels.
-        """
-        check_is_fitted(self)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
-            raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
-                "at least one sample."
-            )
-        rng = check_random_state(self.random_state)
-        weights = self.weights_.astype(np.float64)
-        counts = rng.multinomial(n_samples, weights / weights.sum())
-        labels = np.repeat(np.arange(self.n_components), counts)
-        uniform = rng.random_sample((n_samples, self.means_.shape[1]))
-        X = (uniform < self.means_[labels]).astype(self.means_.dtype)
-        return X, labels
+    def _draw(self, rng, labels):
+        uniform = rng.random_sample((labels.shape[0], self.means_.shape[1]))
+        return uniform < self.means_[labels]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -12,8 +11,6 @@ from jaxmix.estimators.base import MixtureEstimator
 from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
-    check_is_fitted,
-    check_random_state,
 )
 from jaxmix.families.categorical import Categorical, CategoricalParams
 
@@ -252,29 +249,10 @@ class CategoricalMixture(MixtureEstimator):
     def _fitted_params(self) -> CategoricalParams:
         return CategoricalParams(self.weights_, self.probs_)
 
-    def sample(self, n_samples=1):
-        """Draw coded answers from the fitted mixture.
-
-        Returns:
-          ``(X, y)``: codes (n_samples, D) in 0 … L − 1 (as floats of the
-          fitted dtype), grouped by component, and their component labels.
-        """
-        check_is_fitted(self)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
-            raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
-                "at least one sample."
-            )
-        rng = check_random_state(self.random_state)
-        weights = self.weights_.astype(np.float64)
-        counts = rng.multinomial(n_samples, weights / weights.sum())
-        labels = np.repeat(np.arange(self.n_components), counts)
-        # Inverse CDF per feature: the code is the number of cumulative
-        # probabilities below a uniform draw.
+    def _draw(self, rng, labels):
+        # Codes in 0 … L − 1 by inverse CDF per feature: the code is the number
+        # of cumulative probabilities below a uniform draw.
         cumulative = np.cumsum(self.probs_.astype(np.float64)[labels], axis=-1)
-        uniform = rng.random_sample((n_samples, self.probs_.shape[1], 1))
+        uniform = rng.random_sample((labels.shape[0], self.probs_.shape[1], 1))
         codes = np.sum(uniform * cumulative[..., -1:] > cumulative, axis=-1)
-        codes = np.minimum(codes, self.n_levels_ - 1)
-        return codes.astype(self.probs_.dtype), labels
+        return np.minimum(codes, self.n_levels_ - 1)

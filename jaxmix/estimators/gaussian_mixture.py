@@ -16,7 +16,6 @@ from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
     check_is_fitted,
-    check_random_state,
     check_real,
     precision,
 )
@@ -458,28 +457,12 @@ class GaussianMixture(MixtureEstimator):
         with precision(self.means_.dtype):
             return mixture.impute(self._fitted_jax(), self.covariance_type, X)
 
-    def sample(self, n_samples=1):
-        """Draw samples from the fitted mixture.
-
-        Returns:
-          ``(X, y)``: samples (n_samples, D), grouped by component, and their
-          component labels.
-        """
-        check_is_fitted(self)
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
-                "at least one sample."
-            )
-        rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_.astype(np.float64))
-        blocks = []
+    def _draw(self, rng, labels):
         kernel = covariance_kernels.KERNELS[self.covariance_type]
-        for k, count in enumerate(counts):
-            blocks.append(
+        counts = np.bincount(labels, minlength=self.n_components)
+        return np.vstack(
+            [
                 kernel.sample_numpy(rng, self.means_[k], self.covariances_, k, count)
-            )
-        labels = np.concatenate(
-            [np.full(c, k, dtype=int) for k, c in enumerate(counts)]
+                for k, count in enumerate(counts)
+            ]
         )
-        return np.vstack(blocks).astype(self.means_.dtype), labels

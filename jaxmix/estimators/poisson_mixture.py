@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from numbers import Real
 from typing import ClassVar
 
@@ -13,7 +12,6 @@ from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
     check_is_fitted,
-    check_random_state,
     check_weights_init,
 )
 from jaxmix.families.poisson import Poisson, PoissonParams
@@ -255,24 +253,5 @@ class PoissonMixture(MixtureEstimator):
         check_is_fitted(self)
         return self.weights_ @ self.rates_
 
-    def sample(self, n_samples=1):
-        """Draw counts from the fitted mixture.
-
-        Returns:
-          ``(X, y)``: counts (n_samples, D), grouped by component, in the
-          model's dtype, and their component labels.
-        """
-        check_is_fitted(self)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
-            raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
-                "at least one sample."
-            )
-        rng = check_random_state(self.random_state)
-        weights = self.weights_.astype(np.float64)
-        counts = rng.multinomial(n_samples, weights / weights.sum())
-        labels = np.repeat(np.arange(self.n_components), counts)
-        X = rng.poisson(self.rates_[labels].astype(np.float64))
-        return X.astype(self.rates_.dtype), labels
+    def _draw(self, rng, labels):
+        return rng.poisson(self.rates_[labels].astype(np.float64))

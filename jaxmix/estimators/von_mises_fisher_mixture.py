@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from numbers import Real
 from typing import ClassVar
 
@@ -13,7 +12,6 @@ from jaxmix.estimators.base import MixtureEstimator
 from jaxmix.estimators.validation import (
     Interval,
     check_is_fitted,
-    check_random_state,
     check_weights_init,
     precision,
 )
@@ -319,26 +317,10 @@ class VonMisesFisherMixture(MixtureEstimator):
             lengths = np.asarray(lengths, dtype=dtype)
         return (self.weights_ * lengths) @ self.directions_
 
-    def sample(self, n_samples=1):
-        """Draw unit vectors from the fitted mixture (Wood's algorithm).
-
-        Returns:
-          ``(X, y)``: unit vectors (n_samples, D), grouped by component, in the
-          model's dtype, and their component labels.
-        """
-        check_is_fitted(self)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
-            raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples}. The sampling requires "
-                "at least one sample."
-            )
-        rng = check_random_state(self.random_state)
-        weights = self.weights_.astype(np.float64)
-        counts = rng.multinomial(n_samples, weights / weights.sum())
-        labels = np.repeat(np.arange(self.n_components), counts)
-        X = np.concatenate(
+    def _draw(self, rng, labels):
+        # Unit vectors by Wood's algorithm, component by component.
+        counts = np.bincount(labels, minlength=self.n_components)
+        return np.concatenate(
             [
                 sample_von_mises_fisher(
                     rng,
@@ -349,4 +331,3 @@ class VonMisesFisherMixture(MixtureEstimator):
                 for k, count in enumerate(counts)
             ]
         )
-        return X.astype(self.directions_.dtype), labels
