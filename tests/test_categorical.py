@@ -263,7 +263,11 @@ def test_fit_restarts_keeps_the_best_numpy_em_fit():
         np.testing.assert_allclose(result.all.params.probs[r], probs, rtol=1e-9)
         np.testing.assert_allclose(result.all.params.weights[r], weights, rtol=1e-9)
         finals.append(trace[-1])
-    assert int(result.best_index) == int(np.argmax(finals))
+    # The best final objective; restarts within 128 ulps of it tie, and the
+    # lowest index wins (jaxmix.engine.batch.select_best).
+    finals = np.asarray(finals)
+    tied = finals >= finals.max() - 128 * np.finfo(np.float64).eps * abs(finals.max())
+    assert int(result.best_index) == int(np.flatnonzero(tied)[0])
 
 
 def test_fit_many_matches_numpy_em_on_ragged_data_sets():
