@@ -189,3 +189,23 @@ def test_float32_is_finite_and_close():
     error = np.abs(log_ive[ok] - reference) / np.maximum(1.0, np.abs(reference))
     assert error.max() < 5e-5  # measured 9e-6
     np.testing.assert_allclose(ratio[ok], above[ok] / below[ok], rtol=1e-4)
+
+
+def test_float32_stays_float32_with_x64_enabled():
+    """float32 arguments keep their dtype when JAX's float64 is on.
+
+    The asymptotic expansion's coefficients once entered as NumPy float64
+    scalars, which promoted the expansion to float64 and made the recurrence's
+    loop fail on mismatched carry types (a von Mises–Fisher fit of float32
+    data under ``jax.enable_x64`` raised a TypeError).
+    """
+    nu = np.array([0.0, 0.5, 4.0, 24.0], dtype=np.float32)[:, None]
+    x = np.array([0.1, 3.0, 50.0, 500.0], dtype=np.float32)
+    nu, x = np.broadcast_arrays(nu, x)
+    log_ive, ratio = evaluate(nu, x)  # x64 is on (the module's fixture)
+    slope = jax.vmap(jax.grad(log_bessel_ive, argnums=1))(nu.ravel(), x.ravel())
+    assert log_ive.dtype == ratio.dtype == slope.dtype == np.float32
+    with jax.enable_x64(False):
+        expected = evaluate(nu, x)
+    np.testing.assert_array_equal(log_ive, expected[0])
+    np.testing.assert_array_equal(ratio, expected[1])

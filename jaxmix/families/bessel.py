@@ -181,9 +181,11 @@ def _log_ive_debye(mu: Array, x: Array) -> tuple[Array, Array]:
     s, w = jnp.square(t), t / mu
     tail = jnp.zeros_like(t)
     for k in range(_DEBYE_TERMS - 1, 0, -1):
-        v_k = jnp.full_like(s, _DEBYE_V[k, k])
+        # Python floats (weakly typed): a NumPy float64 scalar would promote
+        # float32 inputs to float64 when x64 is enabled.
+        v_k = jnp.full_like(s, float(_DEBYE_V[k, k]))
         for j in range(k - 1, -1, -1):
-            v_k = v_k * s + _DEBYE_V[k, j]
+            v_k = v_k * s + float(_DEBYE_V[k, j])
         tail = (tail + v_k) * w
     return exponent + jnp.log1p(tail), jnp.hypot(mu, x)
 

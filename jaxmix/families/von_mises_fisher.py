@@ -326,10 +326,12 @@ class VonMisesFisher(Family):
         any κ_k > 0, and the derivative of Q in κ_k,
         :math:`N_k (\bar R_k − A_D(κ_k))` (since
         :math:`\frac{d}{dκ} \log C_D(κ) = −A_D(κ)`), vanishes where A_D(κ_k)
-        = R̄_k, solved by :func:`solve_concentration`. A component whose
-        resultant is exactly zero (emptied, or perfectly balanced) keeps its
-        current direction (the first axis when there is none) and gets the
-        smallest concentration, nearly uniform.
+        = R̄_k, solved by :func:`solve_concentration`; R̄_k uses N_k itself,
+        however small, so that a component of almost no weight gets the
+        maximiser too. A component whose resultant is exactly zero (emptied,
+        or perfectly balanced) keeps its current direction (the first axis
+        when there is none) and gets the smallest concentration, nearly
+        uniform.
         """
         counts = guarded_counts(stats.counts)
         n_components, n_features = stats.sums.shape
@@ -344,7 +346,14 @@ class VonMisesFisher(Family):
             stats.sums / jnp.where(positive, length, 1.0)[:, None],
             fallback,
         )
-        concentrations = solve_concentration(length / counts, n_features)
+        # R̄_k from the unguarded counts: the guard's 10ε lowers R̄_k by
+        # 10ε / N_k, which moves κ_k off the maximiser of Q wherever N_k or
+        # 1 − R̄_k is small. A component of weight 1e-16 got a κ_k of 7
+        # instead of 2e4; one on a single sample got 1 − R̄_k = 9ε or 10ε
+        # (by the last bit of ‖r_k‖) in place of the clip's 4ε, so its κ_k
+        # alternated between 4.7e14 and 4.5e14 and each fall lowered Q.
+        mean_resultant = length / jnp.where(positive, stats.counts, 1.0)
+        concentrations = solve_concentration(mean_resultant, n_features)
         weights = update_weights_map(
             counts, self.weight_concentration, self.uniform_weights
         )
