@@ -48,6 +48,7 @@ _LAZY = {
     "KMeans": "jaxmix.estimators.kmeans",
     "KMedians": "jaxmix.estimators.kmeans",
     "PoissonMixture": "jaxmix.estimators.poisson_mixture",
+    "StudentMixture": "jaxmix.estimators.student_mixture",
     "VonMisesFisherMixture": "jaxmix.estimators.von_mises_fisher_mixture",
     "ConvergenceWarning": "jaxmix.estimators.validation",
     "NotFittedError": "jaxmix.estimators.validation",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from jaxmix.estimators.kmeans import KMeans as KMeans
     from jaxmix.estimators.kmeans import KMedians as KMedians
     from jaxmix.estimators.poisson_mixture import PoissonMixture as PoissonMixture
+    from jaxmix.estimators.student_mixture import StudentMixture as StudentMixture
     from jaxmix.estimators.validation import ConvergenceWarning as ConvergenceWarning
     from jaxmix.estimators.validation import NotFittedError as NotFittedError
     from jaxmix.estimators.von_mises_fisher_mixture import (

@@ -180,6 +180,19 @@ ESTIMATORS = types.MappingProxyType(
             },
             _mixture_family,
         ),
+        "StudentMixture": _loadable(
+            "jaxmix.estimators.student_mixture",
+            "n_components",
+            {
+                **_SOFT_EM,
+                "means_": Attribute("model", ("K", "D")),
+                "covariances_": _COVARIANCES,
+                "precisions_": _COVARIANCES,
+                "precisions_cholesky_": _COVARIANCES,
+                "dof_": Attribute("model", ("K",), minimum=0.0),
+            },
+            _mixture_family,
+        ),
         "BernoulliMixture": _loadable(
             "jaxmix.estimators.bernoulli_mixture",
             "n_components",

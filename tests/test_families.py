@@ -36,6 +36,7 @@ from jaxmix.families import (
     IsotropicGaussian,
     Laplace,
     Poisson,
+    StudentT,
     VonMisesFisher,
 )
 from jaxmix.families.base import Family
@@ -123,6 +124,12 @@ CASES = [
         50,
     ),
     Case("poisson", Poisson(), binary_data),
+    Case("student-full", StudentT("full"), gaussian_data, 50, drivers=True),
+    Case(
+        "student-tied-fixed-dof",
+        StudentT("tied", dof=3.0, learn_dof=False),
+        gaussian_data,
+    ),
     Case(
         "categorical",
         Categorical(n_levels=4),

@@ -28,6 +28,7 @@ from jaxmix import (
     KMeans,
     KMedians,
     PoissonMixture,
+    StudentMixture,
     VonMisesFisherMixture,
 )
 from jaxmix.datasets import load_faithful
@@ -66,6 +67,12 @@ MODELS = {
             mean_prior=(2.0, np.full((2, 2), 3.0)),
         ),
         BINARY,
+    ),
+    "StudentMixture": (
+        lambda: StudentMixture(
+            2, max_iter=10, random_state=7, dof=np.array([3.0, 30.0])
+        ),
+        X,
     ),
     "PoissonMixture": (
         lambda: PoissonMixture(2, max_iter=10, random_state=2, rate_prior=(2.0, 0.5)),

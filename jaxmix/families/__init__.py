@@ -15,6 +15,9 @@ from jaxmix.families.laplace import LaplaceParams as LaplaceParams
 from jaxmix.families.poisson import Poisson as Poisson
 from jaxmix.families.poisson import PoissonParams as PoissonParams
 from jaxmix.families.poisson import PoissonStats as PoissonStats
+from jaxmix.families.student import StudentT as StudentT
+from jaxmix.families.student import StudentTParams as StudentTParams
+from jaxmix.families.student import StudentTStats as StudentTStats
 from jaxmix.families.von_mises_fisher import VonMisesFisher as VonMisesFisher
 from jaxmix.families.von_mises_fisher import (
     VonMisesFisherParams as VonMisesFisherParams,
