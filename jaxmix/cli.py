@@ -223,6 +223,23 @@ OPTIONS = types.MappingProxyType(
                 "help": "divide every row by its norm (directions on the sphere)",
             },
         ),
+        "dof": Option(
+            "--dof",
+            {
+                "type": float,
+                "metavar": "NU",
+                "help": "degrees of freedom of the t components (the start if learned)",
+            },
+        ),
+        "fixed_dof": Option(
+            "--fixed-dof",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "keep the degrees of freedom at --dof instead of learning them",
+            },
+            convert=lambda value: not value,
+        ),
         "m_step_iter": Option(
             "--m-step-iter",
             {
@@ -259,6 +276,14 @@ def _gaussian_columns(model, names: list[str]) -> list:
     ]
 
 
+def _student_columns(model, names: list[str]) -> list:
+    columns = [
+        (name.replace("covariance", "scale", 1), values)
+        for name, values in _gaussian_columns(model, names)
+    ]
+    return [*columns, ("dof", model.dof_)]
+
+
 def _clustering_columns(model, names: list[str]) -> list:
     n_clusters = model.cluster_centers_.shape[0]
     return [
@@ -271,6 +296,14 @@ def _gaussian_sweep(values: dict, X: np.ndarray):
     from jaxmix.families import Gaussian
 
     family = Gaussian(reg_covar=values.get("reg_covar", 1e-6))
+    return family, values.get("covariance", ("full",))
+
+
+def _student_sweep(values: dict, X: np.ndarray):
+    from jaxmix.families import StudentT
+
+    del X
+    family = StudentT(reg_covar=values.get("reg_covar", 1e-6))
     return family, values.get("covariance", ("full",))
 
 
@@ -389,6 +422,27 @@ MODELS = types.MappingProxyType(
             centers="means_",
             plot=_plot_gaussian,
             sweep=_gaussian_sweep,
+        ),
+        "student": Model(
+            title="Student-t mixture",
+            estimator="StudentMixture",
+            options={
+                "covariance": "covariance_type",
+                "reg_covar": "reg_covar",
+                "init": "init_params",
+                "dof": "dof",
+                "fixed_dof": "learn_dof",
+            },
+            printed=(
+                ("weights", "weights_"),
+                ("means", "means_"),
+                ("scale matrices", "covariances_"),
+                ("degrees of freedom", "dof_"),
+            ),
+            table=_student_columns,
+            shown=(("covariance", "covariance_type"),),
+            centers="means_",
+            sweep=_student_sweep,
         ),
         "kmeans": Model(
             title="K-means",

@@ -271,6 +271,12 @@ MODEL_CASES = {
         {"covariance_type": "tied", "reg_covar": 1e-4, "random_state": 1},
         ("mean", "means_"),
     ),
+    "student": (
+        lambda X: X,
+        ["--covariance", "diag", "--dof", "5", "--fixed-dof", "--seed", "3"],
+        {"covariance_type": "diag", "dof": 5.0, "learn_dof": False, "random_state": 3},
+        ("mean", "means_"),
+    ),
     "kmeans": (
         lambda X: X,
         ["-k", "3", "--init", "random", "--seed", "2"],
