@@ -212,6 +212,39 @@ class LogVariance:
         return None
 
 
+class LogPositive:
+    r"""Positive values as :math:`u = \log(v / s^p)`, s the data's scale.
+
+    ``power`` is the value's dimension in units of x: 0 for a shape, a
+    concentration or degrees of freedom (no unit, and the scale is not used,
+    so the values may be (K,) as well as (K, D)), 1 for a mean, −1 for a rate;
+    every coordinate is then dimensionless. ``name`` is what the values are,
+    for the infeasibility message.
+    """
+
+    per_component = True
+
+    def __init__(self, power: int = 0, name: str = "value"):
+        self.power = power
+        self.name = name
+
+    def to_unconstrained(self, value: Array, scale: Array) -> Array:
+        coords = jnp.log(jnp.maximum(value, jnp.finfo(value.dtype).tiny))
+        return coords if self.power == 0 else coords - self.power * jnp.log(scale)
+
+    def to_value(self, coords: Array, scale: Array) -> Array:
+        if self.power == 0:
+            return jnp.exp(coords)
+        return jnp.exp(coords + self.power * jnp.log(scale))
+
+    def infeasibility(self, value: np.ndarray) -> str | None:
+        if message := _not_finite(value):
+            return message
+        if np.any(value <= 0):
+            return f"non-positive {self.name} {value.min():.3g}"
+        return None
+
+
 class SphericalLogVariance(LogVariance):
     """One positive variance per component (K,) as log(σ² / mean(s²))."""
 

@@ -54,33 +54,6 @@ class GammaParams(NamedTuple):
         return self.shapes / self.means
 
 
-class LogPositive:
-    r"""Positive values (K, D) as :math:`u = \log(v / s^p)`, s the data's scale.
-
-    ``power`` is the value's dimension in units of x: 0 for a shape (no unit),
-    −1 for a rate, so every coordinate is dimensionless.
-    """
-
-    per_component = True
-
-    def __init__(self, power: int):
-        self.power = power
-
-    def to_unconstrained(self, value: Array, scale: Array) -> Array:
-        return jnp.log(value) - self.power * jnp.log(scale)
-
-    def to_value(self, coords: Array, scale: Array) -> Array:
-        return jnp.exp(coords + self.power * jnp.log(scale))
-
-    @staticmethod
-    def infeasibility(value: np.ndarray) -> str | None:
-        if not np.all(np.isfinite(value)):
-            return "contains NaN or infinite values"
-        if np.any(value <= 0):
-            return f"non-positive value {value.min():.3g}"
-        return None
-
-
 class Gamma(Family):
     r"""Specification of a gamma-mixture family (maximum likelihood, by GEM).
 
@@ -118,7 +91,11 @@ class Gamma(Family):
     def charts(self):
         """Softmax weights, log shapes, log means over the data scale."""
         free = {} if self.uniform_weights else {"weights": charts.Simplex}
-        return {**free, "shapes": LogPositive(0), "means": LogPositive(1)}
+        return {
+            **free,
+            "shapes": charts.LogPositive(0, "shape"),
+            "means": charts.LogPositive(1, "mean"),
+        }
 
     def check_data(self, X) -> None:
         """Positive finite values only."""

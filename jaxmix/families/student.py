@@ -258,30 +258,6 @@ def _refine_dof(dof, maha, resp, counts, n_features, lower, upper):
     return jnp.exp(jax.lax.fori_loop(0, _REFERENCE_DOF_STEPS, newton, start))
 
 
-class LogDof:
-    """Positive degrees of freedom (K,) as log ν (no unit: the data scale is unused)."""
-
-    per_component = True
-
-    @staticmethod
-    def to_unconstrained(value: Array, scale: Array) -> Array:
-        del scale
-        return jnp.log(jnp.maximum(value, jnp.finfo(value.dtype).tiny))
-
-    @staticmethod
-    def to_value(coords: Array, scale: Array) -> Array:
-        del scale
-        return jnp.exp(coords)
-
-    @staticmethod
-    def infeasibility(value: np.ndarray) -> str | None:
-        if not np.all(np.isfinite(value)):
-            return "contains NaN or infinite values"
-        if np.any(value <= 0):
-            return f"non-positive degrees of freedom {value.min():.3g}"
-        return None
-
-
 def _host_values(value) -> np.ndarray | None:
     """``value`` as a float64 NumPy array, or None while it is traced."""
     if isinstance(value, (bool, np.bool_)):
@@ -391,7 +367,7 @@ class StudentT(Family):
             "covariances": self.kernel.chart,
         }
         if self.learn_dof:
-            free["dof"] = LogDof
+            free["dof"] = charts.LogPositive(0, "degrees of freedom")
         return free
 
     def _fixed_dof(self, n_components: int, dtype) -> Array:

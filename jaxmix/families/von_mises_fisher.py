@@ -102,30 +102,6 @@ class UnitSphere:
         return None
 
 
-class LogConcentration:
-    """Positive concentrations (K,) as log κ."""
-
-    per_component = True
-
-    @staticmethod
-    def to_unconstrained(value: Array, scale: Array) -> Array:
-        del scale
-        return jnp.log(jnp.maximum(value, jnp.finfo(value.dtype).tiny))
-
-    @staticmethod
-    def to_value(coords: Array, scale: Array) -> Array:
-        del scale
-        return jnp.exp(coords)
-
-    @staticmethod
-    def infeasibility(value: np.ndarray) -> str | None:
-        if not np.all(np.isfinite(value)):
-            return "contains NaN or infinite values"
-        if np.any(value <= 0):
-            return f"non-positive concentration {value.min():.3g}"
-        return None
-
-
 def mean_resultant_length(concentrations: Array, n_features: int) -> Array:
     r""":math:`A_D(κ) = I_{D/2}(κ) / I_{D/2−1}(κ)`, the mean resultant length.
 
@@ -257,7 +233,11 @@ class VonMisesFisher(Family):
     def charts(self):
         """Softmax weights, directions through u / ‖u‖, log concentrations."""
         free = {} if self.uniform_weights else {"weights": charts.Simplex}
-        return {**free, "directions": UnitSphere, "concentrations": LogConcentration}
+        return {
+            **free,
+            "directions": UnitSphere,
+            "concentrations": charts.LogPositive(0, "concentration"),
+        }
 
     def check_data(self, X) -> None:
         """Unit vectors only: finite rows of norm 1 (to ``UNIT_RTOL``), D ≥ 2."""
