@@ -1057,3 +1057,14 @@ COVARIANCE_TYPES = tuple(KERNELS)
 def covariances_from_precisions(precisions: np.ndarray, covariance_type: str):
     """Host-side inverse of user-given precisions (scikit-learn's precisions_init)."""
     return KERNELS[covariance_type].covariances_from_precisions(precisions)
+
+
+def check_settings(covariance_type: str, reg_covar) -> None:
+    """ValueError for an unknown covariance type or a negative (concrete) ridge."""
+    if covariance_type not in KERNELS:
+        raise ValueError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}, got "
+            f"{covariance_type!r}"
+        )
+    if isinstance(reg_covar, (int, float)) and not reg_covar >= 0:
+        raise ValueError(f"reg_covar must be non-negative, got {reg_covar}")

@@ -119,13 +119,7 @@ class Gaussian(Family):
     covariance_prior: Any = None
 
     def __post_init__(self):
-        if self.covariance_type not in covariance_kernels.KERNELS:
-            raise ValueError(
-                "covariance_type must be one of "
-                f"{covariance_kernels.COVARIANCE_TYPES}, got {self.covariance_type!r}"
-            )
-        if isinstance(self.reg_covar, (int, float)) and not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
+        covariance_kernels.check_settings(self.covariance_type, self.reg_covar)
         if isinstance(self.variance, (int, float)) and not self.variance > 0:
             raise ValueError(f"variance must be positive, got {self.variance}")
         given = [name for name in _NIW_FIELDS if getattr(self, name) is not None]

@@ -326,13 +326,7 @@ class StudentT(Family):
     max_dof: Any = DOF_BOUNDS[1]
 
     def __post_init__(self):
-        if self.covariance_type not in covariance_kernels.KERNELS:
-            raise ValueError(
-                "covariance_type must be one of "
-                f"{covariance_kernels.COVARIANCE_TYPES}, got {self.covariance_type!r}"
-            )
-        if isinstance(self.reg_covar, (int, float)) and not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
+        covariance_kernels.check_settings(self.covariance_type, self.reg_covar)
         check_dof(self.dof)
         check_dof(self.min_dof, "min_dof")
         check_dof(self.max_dof, "max_dof")
