@@ -43,6 +43,7 @@ _cache.configure()
 _LAZY = {
     "BernoulliMixture": "jaxmix.estimators.bernoulli_mixture",
     "CategoricalMixture": "jaxmix.estimators.categorical_mixture",
+    "FactorMixture": "jaxmix.estimators.factor_mixture",
     "GammaMixture": "jaxmix.estimators.gamma_mixture",
     "GaussianMixture": "jaxmix.estimators.gaussian_mixture",
     "KMeans": "jaxmix.estimators.kmeans",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from jaxmix.estimators.categorical_mixture import (
         CategoricalMixture as CategoricalMixture,
     )
+    from jaxmix.estimators.factor_mixture import FactorMixture as FactorMixture
     from jaxmix.estimators.gamma_mixture import GammaMixture as GammaMixture
     from jaxmix.estimators.gaussian_mixture import GaussianMixture as GaussianMixture
     from jaxmix.estimators.kmeans import KMeans as KMeans

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_NOISE_TYPES = ("diag", "tied_diag", "isotropic")
 _NPY_MAGIC = b"\x93NUMPY"
 _STDIN = "-"
 
@@ -240,6 +241,31 @@ OPTIONS = types.MappingProxyType(
             },
             convert=lambda value: not value,
         ),
+        "factors": Option(
+            "--factors",
+            {
+                "type": _positive_int,
+                "metavar": "Q",
+                "help": "factors per component (default 1), fewer than the features",
+            },
+            select={
+                "type": _positive_int,
+                "metavar": "Q",
+                "help": "factors per component (default 1)",
+            },
+        ),
+        "noise": Option(
+            "--noise",
+            {
+                "choices": _NOISE_TYPES,
+                "help": "noise of the factor model: diag (per component), tied_diag "
+                "(shared) or isotropic (probabilistic PCA); default diag",
+            },
+            select={
+                "choices": _NOISE_TYPES,
+                "help": "noise of the factor model (default diag)",
+            },
+        ),
         "m_step_iter": Option(
             "--m-step-iter",
             {
@@ -305,6 +331,33 @@ def _student_sweep(values: dict, X: np.ndarray):
     del X
     family = StudentT(reg_covar=values.get("reg_covar", 1e-6))
     return family, values.get("covariance", ("full",))
+
+
+def _factor_columns(model, names: list[str]) -> list:
+    noise = np.asarray(model.noise_variances_)
+    n_components, n_features = model.means_.shape
+    if model.noise_type == "isotropic":
+        noise = np.repeat(noise[:, None], n_features, axis=1)
+    elif model.noise_type == "tied_diag":
+        noise = np.broadcast_to(noise, (n_components, n_features))
+    return [
+        ("weight", model.weights_),
+        *_columns("mean", model.means_, [names]),
+        *_columns("loading", model.loadings_, [names, range(model.n_factors)]),
+        *_columns("noise", noise, [names]),
+    ]
+
+
+def _factor_sweep(values: dict, X: np.ndarray):
+    from jaxmix.families import FactorAnalyzer
+
+    del X
+    family = FactorAnalyzer(
+        n_factors=values.get("factors", 1),
+        noise_type=values.get("noise", "diag"),
+        reg_covar=values.get("reg_covar", 1e-6),
+    )
+    return family, None
 
 
 def _bernoulli_sweep(values: dict, X: np.ndarray):
@@ -443,6 +496,26 @@ MODELS = types.MappingProxyType(
             shown=(("covariance", "covariance_type"),),
             centers="means_",
             sweep=_student_sweep,
+        ),
+        "factor": Model(
+            title="mixture of factor analysers",
+            estimator="FactorMixture",
+            options={
+                "factors": "n_factors",
+                "noise": "noise_type",
+                "reg_covar": "reg_covar",
+                "init": "init_params",
+            },
+            printed=(
+                ("weights", "weights_"),
+                ("means", "means_"),
+                ("loadings", "loadings_"),
+                ("noise variances", "noise_variances_"),
+            ),
+            table=_factor_columns,
+            shown=(("factors", "n_factors"), ("noise", "noise_type")),
+            centers="means_",
+            sweep=_factor_sweep,
         ),
         "kmeans": Model(
             title="K-means",

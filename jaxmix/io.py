@@ -128,6 +128,16 @@ def _covariance_shape(dims: dict, params: dict) -> tuple[int, ...]:
     return kernel.shape(dims["K"], dims["D"])
 
 
+def _loadings_shape(dims: dict, params: dict) -> tuple[int, ...]:
+    return (dims["K"], dims["D"], params["n_factors"])
+
+
+def _noise_shape(dims: dict, params: dict) -> tuple[int, ...]:
+    from jaxmix.families.factor import NOISE_KERNELS
+
+    return NOISE_KERNELS[params["noise_type"]].shape(dims["K"], dims["D"])
+
+
 def _mixture_family(estimator):
     return estimator._make_family(None)
 
@@ -190,6 +200,24 @@ ESTIMATORS = types.MappingProxyType(
                 "precisions_": _COVARIANCES,
                 "precisions_cholesky_": _COVARIANCES,
                 "dof_": Attribute("model", ("K",), minimum=0.0),
+            },
+            _mixture_family,
+        ),
+        "FactorMixture": _loadable(
+            "jaxmix.estimators.factor_mixture",
+            "n_components",
+            {
+                **_SOFT_EM,
+                "means_": Attribute("model", ("K", "D")),
+                "loadings_": Attribute(
+                    "model", _loadings_shape, depends_on=("K", "D", "n_factors")
+                ),
+                "noise_variances_": Attribute(
+                    "model",
+                    _noise_shape,
+                    minimum=0.0,
+                    depends_on=("noise_type", "K", "D"),
+                ),
             },
             _mixture_family,
         ),

@@ -277,6 +277,12 @@ MODEL_CASES = {
         {"covariance_type": "diag", "dof": 5.0, "learn_dof": False, "random_state": 3},
         ("mean", "means_"),
     ),
+    "factor": (
+        lambda X: X,
+        ["--factors", "1", "--noise", "isotropic", "--seed", "4"],
+        {"n_factors": 1, "noise_type": "isotropic", "random_state": 4},
+        ("mean", "means_"),
+    ),
     "kmeans": (
         lambda X: X,
         ["-k", "3", "--init", "random", "--seed", "2"],

@@ -31,6 +31,7 @@ from jaxmix.engine.generalized import GeneralizedMStep
 from jaxmix.families import (
     Bernoulli,
     Categorical,
+    FactorAnalyzer,
     Gamma,
     Gaussian,
     IsotropicGaussian,
@@ -96,6 +97,17 @@ def _map_gaussian(kind, psi):
 
 
 PSI = np.array([[1.0, 0.2], [0.2, 0.5]])
+
+
+def factor_data(seed=0):
+    """The Gaussian clusters mapped to six features (two factors), plus noise."""
+    mixing = np.array(
+        [[2.0, 1.5, 1.0, 0.0, -1.0, 1.0], [0.0, 1.0, -1.5, 2.0, 1.0, 1.0]]
+    )
+    noise = np.random.default_rng(seed + 1000).normal(scale=0.6, size=(N, 6))
+    return gaussian_data(seed) @ mixing + noise
+
+
 CASES = [
     Case("gaussian-full", Gaussian("full"), gaussian_data, 50),
     Case("gaussian-tied", Gaussian("tied"), gaussian_data),
@@ -124,6 +136,17 @@ CASES = [
         50,
     ),
     Case("poisson", Poisson(), binary_data),
+    Case("factor-diag", FactorAnalyzer(n_factors=2), factor_data, drivers=True),
+    Case(
+        "factor-tied-diag",
+        FactorAnalyzer(n_factors=2, noise_type="tied_diag"),
+        factor_data,
+    ),
+    Case(
+        "factor-isotropic",
+        FactorAnalyzer(n_factors=1, noise_type="isotropic"),
+        factor_data,
+    ),
     Case("student-full", StudentT("full"), gaussian_data, 50, drivers=True),
     Case(
         "student-tied-fixed-dof",

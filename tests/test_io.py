@@ -23,6 +23,7 @@ import jaxmix
 from jaxmix import (
     BernoulliMixture,
     CategoricalMixture,
+    FactorMixture,
     GammaMixture,
     GaussianMixture,
     KMeans,
@@ -73,6 +74,12 @@ MODELS = {
             2, max_iter=10, random_state=7, dof=np.array([3.0, 30.0])
         ),
         X,
+    ),
+    "FactorMixture": (
+        lambda: FactorMixture(
+            2, n_factors=1, noise_type="isotropic", max_iter=10, random_state=8
+        ),
+        np.c_[X, X[:, :1] * X[:, 1:] / 50.0],
     ),
     "PoissonMixture": (
         lambda: PoissonMixture(2, max_iter=10, random_state=2, rate_prior=(2.0, 0.5)),

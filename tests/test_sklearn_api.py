@@ -76,6 +76,10 @@ def checked_estimators() -> dict:
             jaxmix.KMedians(n_clusters=2, n_init=2, max_iter=5, init="random"),
             {"check_sample_weight_equivalence_on_dense_data": weights_not_repeats},
         ),
+        "FactorMixture": (
+            jaxmix.FactorMixture(n_init=2, max_iter=5, init_params="random_from_data"),
+            {},
+        ),
         "StudentMixture": (
             jaxmix.StudentMixture(n_init=2, max_iter=5, init_params="random_from_data"),
             {},

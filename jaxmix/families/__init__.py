@@ -4,6 +4,9 @@ from jaxmix.families.bernoulli import Bernoulli as Bernoulli
 from jaxmix.families.bernoulli import BernoulliParams as BernoulliParams
 from jaxmix.families.bernoulli import BernoulliStats as BernoulliStats
 from jaxmix.families.categorical import Categorical as Categorical
+from jaxmix.families.factor import FactorAnalyzer as FactorAnalyzer
+from jaxmix.families.factor import FactorParams as FactorParams
+from jaxmix.families.factor import FactorStats as FactorStats
 from jaxmix.families.gamma import Gamma as Gamma
 from jaxmix.families.gamma import GammaParams as GammaParams
 from jaxmix.families.gaussian import Gaussian as Gaussian
