@@ -143,7 +143,7 @@ def test_restarts_share_each_pass():
     )
     for i, start in enumerate((START, other)):
         reference = in_memory(start)
-        assert_same_fit(jax.tree.map(lambda leaf: leaf[i], result), reference)
+        assert_same_fit(jax.tree.map(lambda leaf, i=i: leaf[i], result), reference)
     # One pass per iteration of the slowest start, plus the checking pass; the
     # reader may have begun the pass after the last one (it reads ahead).
     n_passes = int(np.max(result.n_iter)) + 1
