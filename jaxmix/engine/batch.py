@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmix.engine import em, initialization
+from jaxmix.engine import em, initialization, small
 
 Array = jax.Array
 
@@ -526,6 +526,181 @@ def _in_slices(run, inputs, n_sets, batch_size):
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
 
 
+# -- small problems ----------------------------------------------------------------
+#
+# Stacks of small Gaussian fits run on the elementwise path of
+# jaxmix.engine.small, which replaces the EM iterations only: starts and
+# restarts are made and chosen exactly as below.
+
+PATHS = ("auto", "general", "small")
+
+
+def _small_from_params(family, Xs, params, tol, sample_weight, *, max_iter, moments):
+    result = small.run_small(
+        family, Xs, params, tol, sample_weight, max_iter=max_iter, moments=moments
+    )
+    return _to_batch_result(result)
+
+
+_small_from_params_jit = jax.jit(
+    _small_from_params, static_argnames=("max_iter", "moments")
+)
+
+
+def _small_from_keys(
+    family,
+    Xs,
+    keys,
+    tol,
+    sample_weight,
+    overrides,
+    *,
+    n_components,
+    method,
+    max_iter,
+    moments,
+) -> BatchResult:
+    """:func:`_many_from_keys` with the iterations on the small-problem path.
+
+    ``keys`` (B, R): the R restarts of each data set are fitted as B·R data
+    sets, then the best of each data set's restarts is kept.
+    """
+    n_sets, n_restarts = keys.shape[:2]
+
+    def starts(X, dataset_keys, weights):
+        def start(key):
+            params = initialization.initial_params(
+                family, key, X, weights, n_components=n_components, method=method
+            )
+            return _replace_fields(params, overrides)
+
+        return jax.vmap(start)(dataset_keys)
+
+    flatten = lambda leaf: leaf.reshape(n_sets * n_restarts, *leaf.shape[2:])
+    repeat = lambda leaf: jnp.repeat(leaf, n_restarts, axis=0)
+    params = jax.tree.map(flatten, jax.vmap(starts)(Xs, keys, sample_weight))
+    results = small.run_small(
+        family,
+        repeat(Xs),
+        params,
+        tol,
+        None if sample_weight is None else repeat(sample_weight),
+        max_iter=max_iter,
+        moments=moments,
+    )
+    results = jax.tree.map(
+        lambda leaf: leaf.reshape(n_sets, n_restarts, *leaf.shape[1:]), results
+    )
+    return jax.vmap(lambda fits: _to_batch_result(select_best(fits)[0]))(results)
+
+
+_small_from_keys_jit = jax.jit(
+    _small_from_keys, static_argnames=("n_components", "method", "max_iter", "moments")
+)
+
+
+def _small_slices(
+    family,
+    inputs,
+    *,
+    width,
+    n_components,
+    n_init,
+    method,
+    max_iter,
+    tol,
+    overrides,
+    moments,
+    given,
+) -> BatchResult:
+    """The small-problem path over slices of ``width`` data sets (the last padded).
+
+    ``inputs`` is ``(Xs, params, sample_weight)`` if ``given`` (starting params),
+    else ``(Xs, keys, sample_weight)``.
+    """
+    if given:
+
+        def run(Xs, params, sample_weight):
+            return _small_from_params_jit(
+                family,
+                Xs,
+                params,
+                tol,
+                sample_weight,
+                max_iter=max_iter,
+                moments=moments,
+            )
+
+    else:
+
+        def run(Xs, keys, sample_weight):
+            restart_keys = jax.vmap(lambda k: jax.random.split(k, n_init))(keys)
+            return _small_from_keys_jit(
+                family,
+                Xs,
+                restart_keys,
+                tol,
+                sample_weight,
+                overrides,
+                n_components=n_components,
+                method=method,
+                max_iter=max_iter,
+                moments=moments,
+            )
+
+    return _in_slices(run, inputs, np.shape(inputs[0])[0], width)
+
+
+def _fit_many_small(
+    family,
+    Xs,
+    keys,
+    *,
+    n_components,
+    sample_weight,
+    n_init,
+    batch_size,
+    method,
+    max_iter,
+    tol,
+    params,
+    overrides,
+) -> BatchResult:
+    """:func:`fit_many_keyed` on the small-problem path (same arguments).
+
+    Float64 fits take raw-moment statistics; the data sets where those may be
+    less precise than centred ones (:func:`jaxmix.engine.small.imprecise`) are
+    fitted again with centred statistics, in slices of the same shape.
+    """
+    if not isinstance(Xs, np.ndarray | jax.Array):
+        Xs = np.asarray(Xs)
+    n_sets, n_samples, _ = Xs.shape
+    moments = small.uses_moments(Xs)
+    if batch_size is None:
+        batch_size = small.default_batch_size(n_samples, n_init)
+    given = params is not None
+    inputs = (Xs, params if given else keys, sample_weight)
+    loop = dict(
+        width=min(batch_size, n_sets),
+        n_components=n_components,
+        n_init=n_init,
+        method=method,
+        max_iter=max_iter,
+        tol=tol,
+        overrides=overrides,
+        given=given,
+    )
+    result = _small_slices(family, inputs, moments=moments, **loop)
+    if not moments:
+        return result
+    redo = np.flatnonzero(small.imprecise(family, small.spreads(Xs), result))
+    if redo.size == 0:
+        return result
+    subset = jax.tree.map(lambda leaf: leaf[redo], inputs)
+    again = _small_slices(family, subset, moments=False, **loop)
+    return jax.tree.map(lambda leaf, part: leaf.at[redo].set(part), result, again)
+
+
 def fit_many_keyed(
     family,
     Xs,
@@ -542,10 +717,43 @@ def fit_many_keyed(
     overrides=None,
     hard=False,
     criterion="objective",
+    path="auto",
 ) -> BatchResult:
-    """:func:`fit_many` with per-data-set keys (B,) and optional field overrides."""
+    """:func:`fit_many` with per-data-set keys (B,) and optional field overrides.
+
+    ``path`` picks the EM iterations: ``"auto"`` runs small Gaussian problems
+    on :mod:`jaxmix.engine.small` (see :func:`jaxmix.engine.small.applies`) and
+    everything else on the general engine; ``"general"`` and ``"small"``
+    force one (``"small"`` raises ValueError where it does not apply).
+    """
     loop = dict(max_iter=max_iter, hard=hard, criterion=criterion)
-    n_sets = np.shape(Xs)[0]
+    n_sets, _, n_features = np.shape(Xs)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    applies = small.applies(
+        family, n_components, n_features, hard=hard, criterion=criterion
+    )
+    if path == "small" and not applies:
+        raise ValueError(
+            "the small-problem path fits Gaussian families without priors or "
+            f"fixed variance, soft EM with the objective criterion, at most "
+            f"{small.MAX_FEATURES} features and {small.MAX_COMPONENTS} components"
+        )
+    if applies and path != "general":
+        return _fit_many_small(
+            family,
+            Xs,
+            keys,
+            n_components=n_components,
+            sample_weight=sample_weight,
+            n_init=n_init,
+            batch_size=batch_size,
+            method=method,
+            max_iter=max_iter,
+            tol=tol,
+            params=params,
+            overrides=overrides,
+        )
     if params is not None:
 
         def run(Xs, params, sample_weight):
@@ -593,6 +801,7 @@ def fit_many(
     params=None,
     hard: bool = False,
     criterion: str = "objective",
+    _path: str = "auto",
 ) -> BatchResult:
     r"""Fit one mixture per data set of a stack, all at once.
 
@@ -603,6 +812,13 @@ def fit_many(
     padding out of the initialisation (zero-weight rows are never drawn) and of
     every EM statistic: from the same start, a padded data set gives the fit of
     the unpadded one (up to round-off in the order of summation).
+
+    Small Gaussian problems (a Gaussian family without priors or fixed
+    variance, soft EM, at most :data:`jaxmix.engine.small.MAX_FEATURES`
+    features and :data:`jaxmix.engine.small.MAX_COMPONENTS` components) run
+    their EM iterations on :mod:`jaxmix.engine.small`, elementwise with the
+    data sets along the fast axis: the same fits to round-off, several times
+    faster. Starts and restarts are made and chosen as for every family.
 
     Args:
       family: the model family.
@@ -617,8 +833,9 @@ def fit_many(
         compiled shape (the last slice padded), so memory is bounded by the
         slice, not by B, and each slice stops when its own slowest fit stops.
         None picks :func:`default_batch_size` (cache-sized slices, faster than
-        one program over a large stack); ``batch_size >= B`` fits the whole
-        stack in one program.
+        one program over a large stack; on the small-problem path
+        :func:`jaxmix.engine.small.default_batch_size`); ``batch_size >= B``
+        fits the whole stack in one program.
       method: initialisation method (static).
       max_iter: maximum EM iterations (static).
       tol: convergence threshold on the change of the objective (traced).
@@ -680,6 +897,7 @@ def fit_many(
         params=params,
         hard=hard,
         criterion=criterion,
+        path=_path,
     )
 
 
