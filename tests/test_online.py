@@ -15,13 +15,17 @@ from jaxmix.engine import em, online
 from jaxmix.families import (
     Bernoulli,
     BernoulliParams,
+    FactorAnalyzer,
     Gamma,
     GammaParams,
     Gaussian,
     GaussianParams,
     IsotropicGaussian,
     Laplace,
+    StudentT,
 )
+from jaxmix.families.factor import FactorParams
+from jaxmix.families.student import StudentTParams
 from jaxmix.io import load_model, save_model
 
 K, D = 2, 2
@@ -511,6 +515,18 @@ def test_families_without_running_statistics_are_refused():
         online.init_online(Gamma(), gamma_start, D)
     with pytest.raises(ValueError, match="generalized EM"):
         jaxmix.fit_online(Gamma(), [np.ones((5, D))], gamma_start)
+    # Statistics that hold the current E-step's precision weights or factor
+    # posteriors cannot be averaged around a fixed reference.
+    student_start = StudentTParams(
+        jnp.full(K, 0.5), locations, jnp.stack([jnp.eye(D)] * K), jnp.full(K, 5.0)
+    )
+    with pytest.raises(ValueError, match="StudentT.*current E-step"):
+        online.init_online(StudentT(), student_start, D)
+    factor_start = FactorParams(
+        jnp.full(K, 0.5), locations, jnp.ones((K, D, 1)), jnp.ones((K, D))
+    )
+    with pytest.raises(ValueError, match="FactorAnalyzer.*current E-step"):
+        jaxmix.fit_online(FactorAnalyzer(), [np.ones((5, D))], factor_start)
 
 
 def test_bad_batches_are_named():

@@ -61,7 +61,9 @@ of a weighted average: families whose statistics are not sums
 zero (the hard-clustering families that carry re-seeding candidates; use
 ``Gaussian("spherical", variance=σ², uniform_weights=True)`` with
 ``hard=True`` for online K-means), or that have no closed-form M-step
-(``closed_form_m_step=False``, fitted by generalized EM) raise ``ValueError``.
+(``closed_form_m_step=False``, fitted by generalized EM) raise ``ValueError``,
+as do families whose statistics depend on the current E-step in more than the
+responsibilities (``online_statistics=False``: Student-t, factor analysers).
 
 **Compilation.** :func:`online_step` is compiled once per batch shape and
 dtype; the schedule (t₀, α), the sample size, the sample weights and the
@@ -123,6 +125,13 @@ def check_family(family) -> None:
         raise ValueError(
             f"{name}'s statistics are not sums over samples (e.g. medians), so "
             "they cannot be averaged over batches by online EM"
+        )
+    if not family.online_statistics:
+        raise ValueError(
+            f"{name}'s statistics hold quantities of the current E-step beyond "
+            "the responsibilities, so statistics of different batches cannot be "
+            "averaged around one reference point; fit it with jaxmix.fit or "
+            "jaxmix.fit_stream (exact EM over data in chunks)"
         )
 
 

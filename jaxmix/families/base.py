@@ -43,7 +43,8 @@ one), :meth:`Family.log_prior` (zero: maximum likelihood),
 (statistics of one-hot responsibilities),
 :meth:`Family.check_data` (accepts everything), and the class-level facts
 :attr:`Family.location_field`, :attr:`Family.centred_fit`,
-:attr:`Family.additive_statistics`, :attr:`Family.soft_assignments` and
+:attr:`Family.additive_statistics`, :attr:`Family.online_statistics`,
+:attr:`Family.soft_assignments` and
 :attr:`Family.smooth_objective`. Hard-clustering families (K-means,
 K-medians) also provide :meth:`Family.assignment_cost` and
 :meth:`Family.params_at`.
@@ -142,6 +143,12 @@ class Family(abc.ABC):
     #: :meth:`combine_statistics`), so data can be processed in blocks.
     #: False (medians) keeps all samples in one block.
     additive_statistics: ClassVar[bool] = True
+    #: Statistics depend on the params only through a centring point, so
+    #: statistics taken around one fixed reference at different E-steps can
+    #: be averaged (online EM, :mod:`jaxmix.engine.online`). False where they
+    #: also hold quantities of the current params' E-step beyond the
+    #: responsibilities (Student-t precision weights, factor posteriors).
+    online_statistics: ClassVar[bool] = True
     #: The M-step accepts soft responsibilities. False: hard EM only (the
     #: checker then draws one-hot responsibilities).
     soft_assignments: ClassVar[bool] = True

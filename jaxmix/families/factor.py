@@ -418,6 +418,7 @@ class FactorAnalyzer(Family):
     params_type = FactorParams
     location_field = "means"
     centred_fit = True
+    online_statistics = False  # factor posteriors belong to the current E-step
 
     n_factors: int = static(1)
     noise_type: str = static("diag")

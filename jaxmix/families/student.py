@@ -317,6 +317,7 @@ class StudentT(Family):
     params_type = StudentTParams
     location_field = "means"
     centred_fit = True
+    online_statistics = False  # u-weights belong to the current E-step
 
     covariance_type: str = static("full")
     reg_covar: Any = 1e-6
