@@ -418,6 +418,12 @@ def test_non_binary_data(fitted):
             model.predict(bad)
     with pytest.raises(ValueError, match="NaN"):
         BernoulliMixture(K).fit(np.where(X > 0, np.nan, 0.0))
+    # With allow_nan, NaN marks a missing value; a row with nothing observed
+    # is an error that names it.
+    with pytest.raises(ValueError, match="Row 3 of X has no observed value"):
+        BernoulliMixture(K, allow_nan=True).fit(
+            np.where(np.arange(len(X))[:, None] == 3, np.nan, X)
+        )
 
 
 def test_not_fitted():

@@ -284,6 +284,15 @@ X_OK = np.random.default_rng(0).normal(size=(10, 2))
     "kwargs, X, fit_kwargs, match",
     [
         ({}, np.array([[1.0, np.nan], [0.0, 1.0]]), {}, "NaN"),
+        # With allow_nan NaN marks a missing value; a row with nothing
+        # observed is an error, and infinity stays one.
+        (
+            {"allow_nan": True},
+            np.array([[0.0, 1.0], [np.nan, np.nan]]),
+            {},
+            "Row 1 of X has no observed value",
+        ),
+        ({"allow_nan": True}, np.array([[1.0, np.inf], [0.0, 1.0]]), {}, "infinity"),
         ({}, np.array([[1.0, np.inf], [0.0, 1.0]]), {}, "infinity"),
         ({}, np.arange(5.0), {}, "2D"),
         ({}, np.array([["a", "b"], ["c", "d"]]), {}, "numeric"),

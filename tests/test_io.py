@@ -44,13 +44,16 @@ CODES = np.stack(
 ).astype(np.float64)
 
 # Each estimator with parameters of every kind a file must keep: arrays,
-# tuples (of arrays), lists, NumPy scalars, MAP priors, an int random_state.
+# tuples (of arrays), lists, NumPy scalars, MAP priors, an int random_state,
+# fixed parameters.
 MODELS = {
     "GaussianMixture": (
         lambda: GaussianMixture(
             2,
             max_iter=10,
             random_state=0,
+            weights_init=np.array([0.4, 0.6]),
+            fixed_params=["weights"],
             weight_concentration_prior=np.array([2.0, 3.0]),
             mean_prior=(3.5, 70.0),
             degrees_of_freedom_prior=np.float64(3.0),

@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxmix.engine import em
 from jaxmix.families import charts
+from jaxmix.families.missing import fill_missing
 
 Array = jax.Array
 
@@ -21,12 +22,33 @@ Array = jax.Array
 # --------------------------------------------------------------------------
 
 
-def expected_complete_log_likelihood(family, X, resp, coords, base, scale):
-    """Q(θ(u)) = Σ r_nk [log π_k + log p(x_n | θ_k)] + log p(θ)."""
-    params = charts.to_params(family, coords, base, scale)
-    log_prob = em.log_joint(family, params, X)
+def expected_complete_log_likelihood(
+    family, X, resp, coords, base, scale, fixed=None, old=None
+):
+    """Q(θ(u)) = Σ r_nk [log π_k + log p(x_n | θ_k)] + log p(θ).
+
+    ``fixed`` (a full mask) holds its entries at ``base`` (:func:`charts.hold`).
+    With missing values, log p(x_n | θ_k) is its expectation over the missing
+    entries given the observed ones under ``old`` (θ_old): Q(θ | θ_old).
+    """
+    params = charts.to_params(family, coords, base, scale, fixed)
+    if family.missing_values:
+        log_prob = expected_log_joint(family, params, old, X)
+    else:
+        log_prob = em.log_joint(family, params, X)
     weighted = jnp.where(resp > 0, resp * log_prob, 0.0)
     return jnp.sum(weighted) + family.log_prior(params)
+
+
+def expected_log_joint(family, params, old, X):
+    """log π_k + E[log p(x_n | θ_k)] over the missing entries given θ_old, (N, K).
+
+    The expectation is :meth:`jaxmix.families.base.Family.expected_log_density`
+    (the complete-data log density for complete data).
+    """
+    active = params.weights > 0
+    log_prob = family.expected_log_density(params, old, X) + jnp.log(params.weights)
+    return jnp.where(active, log_prob, -jnp.inf)
 
 
 def log_likelihood(family, X, coords, base, scale):
@@ -46,7 +68,8 @@ log_joint_jit = jax.jit(em.log_joint)
 # --------------------------------------------------------------------------
 
 
-def as_data(X) -> Array:
+def as_data(X, allow_nan: bool = False) -> Array:
+    """X as a float64 array; NaN (missing values) only if ``allow_nan``."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(
@@ -54,7 +77,15 @@ def as_data(X) -> Array:
         )
     if X.shape[0] < 1:
         raise ValueError("X must contain at least one sample")
-    if not np.all(np.isfinite(X)):
+    if allow_nan:
+        if np.any(np.isinf(X)):
+            raise ValueError(
+                "X contains infinite values; only NaN marks a missing value"
+            )
+        empty = np.flatnonzero(np.all(np.isnan(X), axis=1))
+        if empty.size:
+            raise ValueError(f"row {empty[0]} of X has no observed value (all NaN)")
+    elif not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or infinite values")
     return jnp.asarray(X)
 
@@ -105,7 +136,7 @@ def draw_params(family, key, X, n_components):
             f"n_components must be between 1 and n_samples={X.shape[0]}, "
             f"got {n_components}"
         )
-    resp = random_responsibilities(key, X, n_components=n_components)
+    resp = random_responsibilities(key, fill_missing(X), n_components=n_components)
     if not family.soft_assignments:
         resp = jax.nn.one_hot(jnp.argmax(resp, axis=1), n_components, dtype=X.dtype)
     return m_step_jit(family, X, resp)

@@ -21,8 +21,10 @@ def _fisher_gradients(family, X, resp, params):
     scale = charts.data_scale(X)
     coords = charts.to_unconstrained(family, params, scale)
     score = jax.grad(common.log_likelihood, argnums=2)(family, X, coords, params, scale)
+    # With missing values, Q(θ | θ_old) takes the missing entries' expectations
+    # under θ_old = params, held fixed while θ moves.
     gradient = jax.grad(common.expected_complete_log_likelihood, argnums=3)(
-        family, X, resp, coords, params, scale
+        family, X, resp, coords, params, scale, None, params
     )
     return score, gradient
 
@@ -107,7 +109,7 @@ def check_e_step(
       True
     """
     with jax.enable_x64(True):
-        X = common.as_data(X)
+        X = common.as_data(X, allow_nan=family.missing_values)
         family.check_data(np.asarray(X))
         params = common.as_float64(params)
         expected = np.asarray(
@@ -200,7 +202,7 @@ def check_fisher_identity(
       True
     """
     with jax.enable_x64(True):
-        X = common.as_data(X)
+        X = common.as_data(X, allow_nan=family.missing_values)
         family.check_data(np.asarray(X))
         params = common.as_float64(params)
         resp = jnp.asarray(_given_responsibilities(family, params, X, e_step))

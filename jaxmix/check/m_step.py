@@ -13,6 +13,7 @@ import optax
 
 from jaxmix.check import common
 from jaxmix.families import charts
+from jaxmix.families import fixed as fixing
 
 Array = jax.Array
 
@@ -26,11 +27,14 @@ class _Examination(NamedTuple):
     best_objective: Array  # ()  Q/N there
 
 
-def _examine(family, X, resp, theta, directions, *, steps):
+def _examine(family, X, resp, theta, directions, fixed, old, *, steps):
     """Gradient, perturbations and an L-BFGS run for Q/N around θ, in one program.
 
     L-BFGS (optax, zoom line search) minimises −Q/N from θ; the best point it
-    visits is kept, so a diverging step cannot hide a better one.
+    visits is kept, so a diverging step cannot hide a better one. ``fixed``
+    (None or a full mask) holds its entries at θ: their coordinates do not
+    enter Q, so their gradient is zero. ``old`` is θ_old, under which the
+    missing values' expectations in Q(θ | θ_old) are taken.
     """
     n_samples = X.shape[0]
     scale = charts.data_scale(X)
@@ -38,7 +42,7 @@ def _examine(family, X, resp, theta, directions, *, steps):
 
     def objective(c):
         value = common.expected_complete_log_likelihood(
-            family, X, resp, c, theta, scale
+            family, X, resp, c, theta, scale, fixed, old
         )
         value = value / n_samples
         return jnp.where(jnp.isfinite(value), value, -jnp.inf)
@@ -120,7 +124,7 @@ class FieldReport(NamedTuple):
     name: str
     ok: bool
     status: str  # "ok", "not stationary", "not a maximum", "infeasible", "fixed",
-    #              "changed a fixed field"
+    #              "changed a fixed field", "changed a fixed entry"
     gradient_norm: float  # ‖∂Q/∂u‖ in the checker's coordinates (NaN if unchecked)
     relative_gap: float  # gradient_norm / N
     perturbation_gain: float  # best rise of Q/N over random perturbations of the field
@@ -129,6 +133,7 @@ class FieldReport(NamedTuple):
     )  # component with the largest gradient (if per component)
     gradient: np.ndarray | None  # ∂Q/∂u, the field's coordinate shape
     message: str  # why it failed ("" if ok)
+    n_fixed: int = 0  # entries held fixed by the ``fixed`` mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +197,9 @@ class MStepReport:
                 else "|∂Q/∂u|/N not computed"
             )
             text = f"  {name:<{width}}  {label:<6}  {gap}"
+            if field.n_fixed:
+                size = int(np.size(getattr(self.params, name)))
+                text += f" over the free entries ({field.n_fixed} of {size} fixed)"
             if not field.ok and field.worst_component is not None:
                 text += f" (worst component {field.worst_component})"
             if field.message:
@@ -209,7 +217,7 @@ class MStepReport:
         printer.text(str(self))
 
 
-def _directional_slopes(family, X, resp, theta, step=1e-7):
+def _directional_slopes(family, X, resp, theta, fixed=None, old=None, step=1e-7):
     r"""One-sided slopes of Q along every coordinate, for a non-smooth Q.
 
     For each free field, (Q(u ± h e_i) − Q(u)) / h for every coordinate i, as an
@@ -223,7 +231,9 @@ def _directional_slopes(family, X, resp, theta, step=1e-7):
     coords = charts.to_unconstrained(family, theta, scale)
 
     def objective(c):
-        return common.expected_complete_log_likelihood(family, X, resp, c, theta, scale)
+        return common.expected_complete_log_likelihood(
+            family, X, resp, c, theta, scale, fixed, old
+        )
 
     base = objective(coords)
     slopes = {}
@@ -259,6 +269,7 @@ def check_m_step(
     n_perturbations: int = 8,
     perturbation_size: float = 1e-4,
     maximize_steps: int = 100,
+    fixed=None,
 ) -> MStepReport:
     r"""Check that an M-step maximises the EM objective, by autodiff in float64.
 
@@ -272,6 +283,12 @@ def check_m_step(
     under the parameters' constraints (see the module docstring). The family's
     own M-step (``m_step=None``) is checked with ``reg_covar = 0``.
 
+    With ``fixed``, θ must keep the fixed entries of ``params`` and maximise Q
+    over the free ones: the gradient is taken in the free entries'
+    coordinates, the fixed weights' mass held, so that the free weights live
+    on the simplex scaled to the mass the fixed ones leave. The family's own
+    M-step is then its constrained M-step (``family.constrained_m_step``).
+
     Args:
       family: the model family, e.g. ``jaxmix.families.Gaussian("tied")``.
       X: data, shape (N, D); converted to float64.
@@ -281,6 +298,10 @@ def check_m_step(
         ``{"weights": ..., "means": ..., "covariances": ...}``. Fields that the
         family fixes may be left out. It is called once with concrete arrays,
         never traced, so plain NumPy works. None checks the family's own M-step.
+        With missing values (a family with ``missing_values=True`` and NaN in
+        X) it is called as ``m_step(X, resp, params)`` with θ_old as NumPy
+        params, under which the missing entries' expectations are taken, and
+        Q is the expected complete-data log-likelihood Q(θ | θ_old).
       params: the parameters for the E-step; drawn at random if None.
       key: a JAX PRNG key for drawing params and perturbations (default key 0).
       n_components: K when ``params`` is drawn.
@@ -289,6 +310,11 @@ def check_m_step(
       n_perturbations: random directions per field (each tried with both signs).
       perturbation_size: step along each direction, in unconstrained coordinates.
       maximize_steps: L-BFGS iterations (0 skips the optimizer).
+      fixed: entries held at their values in ``params`` (or the drawn
+        params): None, field names, or a mapping from field names to a
+        boolean, a (K,) mask of components or a mask of the field's shape
+        (:func:`jaxmix.families.fixed.fixed_mask`). A field whose M-step
+        changes a fixed entry fails (relative tolerance 1e-10).
 
     Returns:
       An :class:`MStepReport`: ``report.ok`` and ``str(report)``, which lists every
@@ -296,7 +322,8 @@ def check_m_step(
 
     Raises:
       ValueError: if X is not a finite 2-D array, or the M-step returns unknown
-        fields, misses a free field, or returns a field of the wrong shape.
+        fields, misses a free field, or returns a field of the wrong shape;
+        or ``fixed`` is not a valid mask for the family.
 
     Examples:
       >>> import numpy as np, jaxmix
@@ -306,7 +333,7 @@ def check_m_step(
       True
     """
     with jax.enable_x64(True):
-        X = common.as_data(X)
+        X = common.as_data(X, allow_nan=family.missing_values)
         family.check_data(np.asarray(X))
         if m_step is None:
             family = common.without_ridge(family)
@@ -315,14 +342,23 @@ def check_m_step(
         if params is None:
             params = common.draw_params(family, params_key, X, n_components)
         params = common.as_float64(params)
+        mask = fixing.fixed_mask(family, params, fixed)
         resp = common.responsibilities(family, params, X)
-        if m_step is None:
+        if m_step is None and mask is not None:
+            returned = common.m_step_jit(family, X, resp, None, params, mask)
+        elif m_step is None and family.missing_values:
+            # The missing entries' expectations are taken under θ_old.
+            returned = common.m_step_jit(family, X, resp, None, params)
+        elif m_step is None:
             returned = common.m_step_jit(family, X, resp)
+        elif family.missing_values:
+            old = jax.tree.map(np.array, params)
+            returned = m_step(np.array(X), np.array(resp), old)
         else:
             returned = m_step(np.array(X), np.array(resp))
         field_charts = charts.charts(family)
         theta, problems = _candidate(
-            common.returned_fields(returned, params), params, field_charts
+            common.returned_fields(returned, params), params, field_charts, mask
         )
         directions = _directions(
             perturbation_key,
@@ -331,10 +367,12 @@ def check_m_step(
             n_perturbations,
             perturbation_size,
         )
-        exam = _examine_jit(family, X, resp, theta, directions, steps=maximize_steps)
+        exam = _examine_jit(
+            family, X, resp, theta, directions, mask, params, steps=maximize_steps
+        )
         exam = jax.tree.map(np.asarray, exam)
         if not family.smooth_objective:
-            slopes = _directional_slopes_jit(family, X, resp, theta)
+            slopes = _directional_slopes_jit(family, X, resp, theta, mask, params)
             exam = exam._replace(gradient=jax.tree.map(np.asarray, slopes))
         fields, optimizer_gain, moved = _field_reports(
             exam,
@@ -345,6 +383,7 @@ def check_m_step(
             rtol,
             objective_tol,
             smooth=family.smooth_objective,
+            mask=mask,
         )
         ok = all(f.ok for f in fields.values()) and optimizer_gain <= objective_tol
         return MStepReport(
@@ -362,12 +401,13 @@ def check_m_step(
         )
 
 
-def _candidate(values, params, field_charts):
+def _candidate(values, params, field_charts, mask=None):
     """θ to examine: the returned free fields, feasible ones only, and problems.
 
     A fixed field keeps its value (and is a problem if the M-step changed it);
     an infeasible field is replaced by its value at the E-step's parameters so
-    that the other fields can still be checked.
+    that the other fields can still be checked. Entries fixed by ``mask`` must
+    come back unchanged (a problem otherwise) and keep their old values.
 
     Returns:
       ``(theta, problems)``: params, and ``{field: (status, message)}``.
@@ -397,12 +437,34 @@ def _candidate(values, params, field_charts):
         else:
             candidate[name] = old
             problems[name] = ("infeasible", f"infeasible: {reason}")
+        if mask is not None:
+            held = np.asarray(getattr(mask, name))
+            value = np.asarray(values[name])
+            same = np.isclose(value, old, rtol=1e-10, atol=0.0) | (value == old)
+            changed = held & ~same
+            if np.any(changed):
+                problems[name] = (
+                    "changed a fixed entry",
+                    f"the M-step changed {int(changed.sum())} fixed entr"
+                    f"{'y' if changed.sum() == 1 else 'ies'} (largest change "
+                    f"{np.max(np.abs(value - old)[changed]):.3g})",
+                )
+            candidate[name] = np.where(held, old, candidate[name])
     theta = type(params)(**{name: jnp.asarray(v) for name, v in candidate.items()})
     return theta, problems
 
 
 def _field_reports(
-    exam, params, field_charts, problems, n_samples, rtol, objective_tol, *, smooth
+    exam,
+    params,
+    field_charts,
+    problems,
+    n_samples,
+    rtol,
+    objective_tol,
+    *,
+    smooth,
+    mask=None,
 ):
     """One FieldReport per params field, the optimizer's gain and its moves.
 
@@ -484,5 +546,6 @@ def _field_reports(
             worst,
             gradient,
             message,
+            0 if mask is None else int(np.sum(getattr(mask, name))),
         )
     return fields, optimizer_gain, moved

@@ -27,7 +27,9 @@ import jax.numpy as jnp
 
 from jaxmix.engine import generalized
 from jaxmix.families import charts
+from jaxmix.families import fixed as fixing
 from jaxmix.families.assignment import first_argmax
+from jaxmix.families.missing import observed_mean, rows_by_missing_count
 
 Array = jax.Array
 
@@ -118,7 +120,12 @@ def e_step(family, params, X: Array, *, hard: bool = False) -> tuple[Array, Arra
 
 
 def m_step(
-    family, X: Array, resp: Array, sample_weight: Array | None = None, params=None
+    family,
+    X: Array,
+    resp: Array,
+    sample_weight: Array | None = None,
+    params=None,
+    fixed=None,
 ):
     """M-step from responsibilities: closed form, or generalized for families without.
 
@@ -133,10 +140,15 @@ def m_step(
       sample_weight: optional non-negative weights, shape (N,).
       params: the current parameters (used as the centring reference); if None,
         the family's reference point for these responsibilities is used.
+      fixed: optional full mask of fixed entries
+        (:func:`jaxmix.families.fixed.fixed_mask`): the family's constrained
+        M-step holds them at their values in ``params``, which is then required.
 
     Returns:
       The new params.
     """
+    if fixed is not None:
+        _check_fixed_fit(family, params)
     if sample_weight is not None:
         resp = resp * sample_weight[:, None]
     if params is None:
@@ -144,7 +156,21 @@ def m_step(
     if not family.closed_form_m_step:
         scale = charts.data_scale(X, sample_weight)
         return generalized.maximize(family, params, X, resp, scale)
-    return family.m_step(family.statistics(params, X, resp), params)
+    stats = family.statistics(params, X, resp)
+    if fixed is not None:
+        return family.constrained_m_step(stats, params, fixed)
+    return family.m_step(stats, params)
+
+
+def _check_fixed_fit(family, params) -> None:
+    """ValueError unless fixed parameters can be held: a start and a closed form."""
+    if params is None:
+        raise ValueError("fixed parameters need params holding their values")
+    if not family.closed_form_m_step:
+        raise ValueError(
+            f"{type(family).__name__} has no closed-form M-step; fixed parameters "
+            "need one"
+        )
 
 
 def _pass(family, params, X, weights, hard):
@@ -196,7 +222,7 @@ def default_chunk_size(n_components: int, n_features: int, dtype=None) -> int:
     return int(min(max(rows, 256), 1 << 16))
 
 
-def _chunked(X, weights, chunk_size):
+def _chunked(X, weights, chunk_size, interleave=True):
     """(N, D) → (B, C, D) blocks, padded with zero-weight rows.
 
     The padding rows repeat the last sample, so they lie in the family's
@@ -205,12 +231,15 @@ def _chunked(X, weights, chunk_size):
 
     Block b holds rows b, b + B, b + 2B, ...: with data sharded over devices along
     N, each block is spread over all devices, so every device works at every step.
+    Without ``interleave``, block b holds rows bC, ..., bC + C − 1.
     """
     n_samples = X.shape[0]
     n_blocks = -(-n_samples // chunk_size)
     pad = n_blocks * chunk_size - n_samples
     X = jnp.pad(X, ((0, pad), (0, 0)), mode="edge")
     weights = jnp.pad(weights, (0, pad))
+    if not interleave:
+        return X.reshape(n_blocks, chunk_size, -1), weights.reshape(n_blocks, -1)
     X = jnp.swapaxes(X.reshape(chunk_size, n_blocks, -1), 0, 1)
     weights = weights.reshape(chunk_size, n_blocks).T
     return X, weights
@@ -283,10 +312,15 @@ def _blocks(family, X, weights, chunk_size, n_components):
                 f"{chunk_size} < n_samples={n_samples}"
             )
         return X, weights
+    if family.missing_values:
+        # Rows in increasing count of missing entries, and blocks of
+        # consecutive rows: the family then conditions most blocks on a small
+        # missing block. The sums over rows, and so EM, are unchanged.
+        X, weights = rows_by_missing_count(X, weights)
     if chunk_size is None:
         chunk_size = default_chunk_size(n_components, n_features, X.dtype)
     if n_samples > chunk_size:
-        return _chunked(X, weights, chunk_size)
+        return _chunked(X, weights, chunk_size, interleave=not family.missing_values)
     return X, weights
 
 
@@ -311,11 +345,15 @@ def _em_iteration(
     max_iter,
     hard,
     criterion,
+    fixed=None,
 ) -> LoopState:
     """One E-step and M-step from the loop state, with the stopping decision."""
     if family.closed_form_m_step:
         stats, ll_sum = accumulate(family, state.params, data, data_weights, hard=hard)
-        new_params = family.m_step(stats, state.params)
+        if fixed is None:
+            new_params = family.m_step(stats, state.params)
+        else:
+            new_params = family.constrained_m_step(stats, state.params, fixed)
     else:
         resp, ll_sum = _responsibility_pass(
             family, state.params, data, data_weights, hard
@@ -330,21 +368,35 @@ def _em_iteration(
         tol,
         max_iter=max_iter,
         criterion=criterion,
+        fixed=fixed,
     )
 
 
 def advance(
-    family, state, new_params, ll_sum, total_weight, tol, *, max_iter, criterion
+    family,
+    state,
+    new_params,
+    ll_sum,
+    total_weight,
+    tol,
+    *,
+    max_iter,
+    criterion,
+    fixed=None,
 ) -> LoopState:
     """The loop state after an M-step: objective, stopping decision, trace.
 
     ``ll_sum`` is the E-step's summed (weighted) log-likelihood at
     ``state.params``; ``new_params`` the M-step's result. Shared by the
     compiled loop and the streamed fit, which computes the two over a pass of
-    chunks.
+    chunks. ``fixed`` (a full mask) holds its entries at ``state.params``'
+    after the zero weights are kept.
     """
     objective = (ll_sum + family.log_prior(state.params)) / total_weight
     new_params = keep_zero_weights(new_params, state.params)
+    if fixed is not None:
+        # keep_zero_weights renormalises: put the fixed weights back exactly.
+        new_params = fixing.hold(new_params, state.params, fixed)
     finite = jnp.isfinite(objective) & _all_finite(new_params)
     if criterion == "means":
         new_means = family.location(new_params)
@@ -368,6 +420,13 @@ def advance(
     )
 
 
+def data_mean(family, X: Array, weights: Array) -> Array:
+    """The (weighted) mean of X, (D,); with missing values, of the observed entries."""
+    if family.missing_values:
+        return observed_mean(X, weights)
+    return (weights @ X) / jnp.sum(weights)
+
+
 def run_em(
     family,
     X,
@@ -380,14 +439,19 @@ def run_em(
     hard=False,
     chunk_size=None,
     criterion="objective",
+    fixed=None,
 ) -> FitResult:
     """:func:`fit` without the jit: the fitting loop that every driver composes.
 
     Arguments as in :func:`fit` (positional up to ``initial_log_likelihood``);
-    call it inside a jitted program.
+    call it inside a jitted program. ``fixed`` is None or a full mask
+    (:func:`jaxmix.families.fixed.fixed_mask`).
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if fixed is not None:
+        _check_fixed_fit(family, params)
+    start_params = params
     dtype = X.dtype
     n_samples, n_features = X.shape
     weights = (
@@ -399,7 +463,7 @@ def run_em(
     # Location families are fitted around the data's mean (and moved back at
     # the end): float32 means then keep their digits far from the origin.
     if family.centred_fit:
-        origin = (weights @ X) / total_weight
+        origin = data_mean(family, X, weights)
         X = X - origin
         family, params = family.translate(params, -origin)
     n_components = params.weights.shape[0]
@@ -416,6 +480,7 @@ def run_em(
         max_iter=max_iter,
         hard=hard,
         criterion=criterion,
+        fixed=fixed,
     )
     start = LoopState(
         params=params,
@@ -429,6 +494,10 @@ def run_em(
     params = final.params
     if family.centred_fit:
         _, params = family.translate(params, origin)
+    if fixed is not None:
+        # Moving the fixed locations to the centred frame and back rounds
+        # them: they are the start's own values.
+        params = fixing.hold(params, start_params, fixed)
     return FitResult(
         params=params,
         log_likelihood=final.log_likelihood,
@@ -456,6 +525,7 @@ def fit(
     chunk_size: int | None = None,
     initial_log_likelihood: float = -jnp.inf,
     criterion: str = "objective",
+    fixed=None,
 ) -> FitResult:
     r"""Fit a mixture by EM from ``params``, as one compiled ``lax.while_loop``.
 
@@ -492,9 +562,23 @@ def fit(
         means move by at most ``tol`` in total, Σ_k ‖Δμ_k‖² ≤ tol (scikit-learn's
         K-means rule, with ``tol`` already scaled by the data's variance);
         ``tol=0`` then runs until the assignments stop changing.
+      fixed: parameters held at their values in ``params`` (traced: a new
+        mask of the same fields reuses the compiled fit). None (nothing
+        fixed), field names (``{"means"}``), or a mapping from field names to
+        a boolean, a (K,) mask of components or a mask of the field's shape
+        (see :mod:`jaxmix.families.fixed`). Every M-step is the constrained
+        maximiser over the free entries: the free weights share the mass
+        the fixed ones leave, a Gaussian covariance is centred at its fixed
+        mean. The fixed entries come back bit for bit. Families say what
+        they can fix exactly (``family.check_fixed``); fixed parameters need
+        a closed-form M-step.
 
     Returns:
       A :class:`FitResult`.
+
+    Raises:
+      ValueError: a mask of an unknown field or the wrong shape, or an entry
+        the family cannot hold fixed exactly.
 
     Examples:
       >>> import jax, jaxmix
@@ -504,7 +588,12 @@ def fit(
       >>> result = jaxmix.fit(family, X, params, max_iter=50)
       >>> result.params.means.shape
       (3, 2)
+      >>> known = jaxmix.fit(family, X, params, fixed={"means": [True, False, False]})
+      >>> bool((known.params.means[0] == params.means[0]).all())
+      True
     """
+    if fixed is not None:
+        fixed = fixing.fixed_mask(family, params, fixed)
     return _fit_jit(
         family,
         X,
@@ -516,4 +605,5 @@ def fit(
         hard=hard,
         chunk_size=chunk_size,
         criterion=criterion,
+        fixed=fixed,
     )

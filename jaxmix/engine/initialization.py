@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from jaxmix.engine import em
 from jaxmix.families.gaussian import Gaussian, GaussianParams
+from jaxmix.families.missing import fill_missing
 
 Array = jax.Array
 
@@ -163,6 +164,11 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
 
 def initial_params(family, key, X, sample_weight, *, n_components, method):
     """:func:`initialize` without the jit or the checks (inside compiled programs)."""
+    if family.missing_values:
+        # Initialise on the data with each missing entry replaced by its
+        # feature's observed mean; EM proper then handles the missing values.
+        X = fill_missing(X, sample_weight)
+        family = family.with_missing_values(False)
     n_samples = X.shape[0]
     if method == "kmeans":
         weights = (
@@ -202,6 +208,11 @@ def initialize(
     - ``"k-means++"``: one-hot on the k-means++ seeds only;
     - ``"random"``: uniform random responsibilities, normalised per sample;
     - ``"random_from_data"``: one-hot on K distinct random samples.
+
+    With missing values (a family with ``missing_values=True``), the method
+    and the M-step run on the data with each missing entry replaced by its
+    feature's observed (weighted) mean; EM proper then uses the observed
+    entries only.
 
     Args:
       family: the model family.

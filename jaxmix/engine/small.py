@@ -71,13 +71,15 @@ def applies(family, n_components: int, n_features: int, *, hard, criterion) -> b
 
     Exactly the Gaussian family (not a subclass, which may change its
     densities) with maximum-likelihood updates: no Dirichlet or
-    normal-inverse-Wishart prior and no fixed variance; soft assignments and
-    the objective criterion; at most :data:`MAX_FEATURES` features and
-    :data:`MAX_COMPONENTS` components. This path is one family's fast path,
-    so it asks which family it has, which the general engine never does.
+    normal-inverse-Wishart prior, no fixed variance and no missing
+    values; soft assignments and the objective criterion; at most
+    :data:`MAX_FEATURES` features and :data:`MAX_COMPONENTS` components.
+    This path is one family's fast path, so it asks which family it has,
+    which the general engine never does.
     """
     return (
         type(family) is Gaussian
+        and not family.missing_values
         and family.weight_concentration is None
         and family.covariance_prior is None
         and family.variance is None

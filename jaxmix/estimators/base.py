@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import ClassVar, NamedTuple
 
@@ -80,6 +81,14 @@ def pad_samples(X: np.ndarray, sample_weight: np.ndarray | None = None):
     return X, weights
 
 
+def _fill_missing(X: np.ndarray) -> np.ndarray:
+    """X with every NaN replaced by its feature's mean over the observed entries."""
+    observed = ~np.isnan(X)
+    counts = observed.sum(axis=0)
+    means = np.where(observed, X, 0).sum(axis=0) / np.maximum(counts, 1)
+    return np.where(observed, X, means.astype(X.dtype))
+
+
 class EstimatorBase(BaseEstimator):
     """Base of every jaxmix estimator (not for direct use).
 
@@ -97,6 +106,21 @@ class EstimatorBase(BaseEstimator):
         "random_state": ["random_state"],
     }
 
+    #: The family has missing-data EM, so the estimator takes ``allow_nan``:
+    #: with it, NaN entries of X are missing values; without it (the default),
+    #: NaN is an error.
+    _missing_capable: ClassVar[bool] = False
+
+    @property
+    def _missing_values(self) -> bool:
+        """Whether NaN entries of X are read as missing values."""
+        return self._missing_capable and bool(getattr(self, "allow_nan", False))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self._missing_values
+        return tags
+
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "family_")
 
@@ -107,16 +131,32 @@ class EstimatorBase(BaseEstimator):
     def _validate_fit_input(self, X, sample_weight, ensure_min_samples: int = 1):
         """Checked parameters, data (``n_features_in_`` recorded) and weights."""
         self._validate_params()
-        X = validate_data(self, X, reset=True, ensure_min_samples=ensure_min_samples)
+        X = validate_data(
+            self,
+            X,
+            reset=True,
+            ensure_min_samples=ensure_min_samples,
+            allow_nan=self._missing_values,
+        )
         weights = check_sample_weight(sample_weight, X.shape[0], X.dtype)
         return self._prepare_input(X), weights
 
     def _validate_predict_input(self, X) -> np.ndarray:
         """Checked data for a fitted model, in the model's precision."""
         check_is_fitted(self)
-        X = self._prepare_input(validate_data(self, X, reset=False))
-        self.family_.check_data(X)
+        X = validate_data(self, X, reset=False, allow_nan=self._missing_values)
+        X = self._prepare_input(X)
+        self._family_for(X).check_data(X)
         return X.astype(self._fitted_dtype(), copy=False)
+
+    def _family_for(self, X: np.ndarray):
+        """The fitted family, reading NaN as missing exactly when X has NaN.
+
+        Complete data keeps the complete-data program (and its exact results).
+        """
+        if not self._missing_values:
+            return self.family_
+        return self.family_.with_missing_values(bool(np.isnan(X).any()))
 
     def _fitted_dtype(self) -> np.dtype:
         raise NotImplementedError
@@ -139,6 +179,7 @@ def _fit_restarts(
     start,
     tol,
     initial_log_likelihood,
+    fixed=None,
     *,
     n_components,
     method,
@@ -150,7 +191,8 @@ def _fit_restarts(
     ``method`` None: every restart starts from ``start``, complete params (the
     user's ``*_init`` arrays, or a warm start). Otherwise ``start`` is a dict
     of the fields the user gave, and each restart is initialised by
-    ``method`` with those fields replaced.
+    ``method`` with those fields replaced. ``fixed`` (None or a full mask)
+    holds entries at their start values.
     """
     if method is not None:
         return batch.initialize_and_fit(
@@ -164,6 +206,7 @@ def _fit_restarts(
             method=method,
             max_iter=max_iter,
             batch_size=batch_size,
+            fixed=fixed,
         )
     n_starts = keys.shape[0]
     starts = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_starts, *a.shape)), start)
@@ -176,6 +219,7 @@ def _fit_restarts(
         initial_log_likelihood,
         max_iter=max_iter,
         batch_size=batch_size,
+        fixed=fixed,
     )
     best, index = batch.select_best(results)
     return batch.RestartsResult(best, results, index)
@@ -239,6 +283,11 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
     verbose_interval = 10
     # Not a parameter of every mixture: estimators without it never stream.
     device_budget = None
+    # Not a parameter of every mixture: estimators without it fix nothing.
+    fixed_params = None
+    #: Names ``fixed_params`` accepts, each a params field, and the ``*_init``
+    #: parameter that gives its values.
+    _fixable: ClassVar[dict[str, tuple[str, str]]] = {}
     # partial_fit's step sizes γ_t = (t + t0)^(-alpha) (jaxmix.engine.online).
     _online_t0 = 0.0
     _online_alpha = 0.7
@@ -272,23 +321,92 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         """Checked data, weights, family and user starts, in that order."""
         X, weights = self._validate_fit_input(X, sample_weight, ensure_min_samples=2)
         self._check_n_samples(X.shape[0])
-        family = self._make_family(X)
+        missing = self._missing_values and bool(np.isnan(X).any())
+        # Data-dependent prior defaults (e.g. the data mean) come from the
+        # data with each missing entry replaced by its feature's observed mean.
+        family = self._make_family(_fill_missing(X) if missing else X)
+        family = family.with_missing_values(missing)
         family.check_data(X)
         return X, weights, family, self._user_params(X, family)
 
+    def _fixed_fields(self) -> dict:
+        """``fixed_params`` as ``{params field: True or mask}`` (checked names)."""
+        fixed = self.fixed_params
+        if fixed is None:
+            return {}
+        if isinstance(fixed, str):
+            fixed = {fixed: True}
+        elif isinstance(fixed, Mapping):
+            fixed = dict(fixed)
+        elif isinstance(fixed, (list, tuple, set, frozenset)):
+            fixed = dict.fromkeys(fixed, True)
+        else:
+            raise ValueError(
+                "fixed_params must be None, a parameter name, a list of names or "
+                f"a dict {{name: mask}}; got {type(fixed).__name__}"
+            )
+        out = {}
+        for name, mask in fixed.items():
+            if name not in self._fixable:
+                raise ValueError(
+                    f"fixed_params names unknown parameter {name!r}; "
+                    f"{type(self).__name__} can fix {sorted(self._fixable)}"
+                )
+            out[self._fixable[name][0]] = mask
+        return out
+
+    def _fixed_mask(self, family, X, weights, user):
+        """The full mask of ``fixed_params`` (None), checked against ``*_init``."""
+        fixed = self._fixed_fields()
+        if not fixed:
+            return None
+        for name, (field, init) in self._fixable.items():
+            mask = fixed.get(field)
+            if mask is not None and np.any(mask) and field not in user:
+                raise ValueError(
+                    f"fixed_params fixes {name!r} but {init} is None: the fixed "
+                    f"values come from {init}"
+                )
+        if streaming.streams(X, self.device_budget):
+            raise ValueError(
+                "fixed_params is not supported for streamed fits (data larger "
+                "than device_budget)"
+            )
+        data, data_weights = pad_samples(X, weights)
+        _, mask = batch.starts_and_mask(
+            family,
+            data,
+            jax.random.key(0),
+            data_weights,
+            user,
+            fixed,
+            self.n_components,
+            self.init_params,
+        )
+        return mask
+
     def _fit(self, X, sample_weight=None) -> np.ndarray:
         X, weights, family, user = self._prepare_fit(X, sample_weight)
+        fixed = self._fixed_mask(family, X, weights, user)
         fields = set(family.params_type._fields)
         warm = self.warm_start and self.__sklearn_is_fitted__()
         n_init, method, initial_ll = self.n_init, self.init_params, -np.inf
         if warm:
             start, n_init, method = self._fitted_params(), 1, None
             initial_ll = self.lower_bound_
+            if fixed is not None:
+                # The fixed values are the *_init arrays, not the last fit's.
+                start = start._replace(**user)
         elif set(user) == fields:  # everything is given: nothing to initialise
             start, method = family.params_type(**user), None
         else:
             start = user
         keys = jax.random.split(jax_key(self.random_state), n_init)
+        if streaming.streams(X, self.device_budget) and family.missing_values:
+            raise ValueError(
+                "X contains missing values (NaN), which a streamed fit "
+                "(device_budget) does not handle; fit without device_budget"
+            )
         if streaming.streams(X, self.device_budget):
             with precision(X.dtype):
                 results = streaming.streamed_restarts(
@@ -321,6 +439,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
                 jax.tree.map(lambda a: jnp.asarray(a, X.dtype), start),
                 self.tol,
                 initial_ll,
+                fixed,
                 n_components=self.n_components,
                 method=method,
                 max_iter=self.max_iter,
@@ -418,15 +537,24 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         from that batch, as on a first call): its first step is one EM
         iteration on that batch, which then replaces what the fit had seen.
         """
+        if self._fixed_fields():
+            raise ValueError(
+                "fixed_params is not supported by partial_fit (online EM); use fit"
+            )
         kept = None
         if self.__sklearn_is_fitted__():
             self._validate_params()
             dtype = self._fitted_dtype()
-            X = self._prepare_input(validate_data(self, X, reset=False))
-            X = X.astype(dtype, copy=False)
+            X = validate_data(self, X, reset=False, allow_nan=self._missing_values)
+            X = self._prepare_input(X).astype(dtype, copy=False)
             weights = check_sample_weight(sample_weight, X.shape[0], dtype)
             kept = online_state_current(self, self._fitted_params())
-            family = self.family_ if kept is not None else self._make_family(X)
+            missing = self._missing_values and bool(np.isnan(X).any())
+            if kept is not None:
+                family = self.family_
+            else:
+                family = self._make_family(_fill_missing(X) if missing else X)
+            family = family.with_missing_values(missing)
             family.check_data(X)
             start = None if kept is not None else self._fitted_params()
         else:
@@ -521,7 +649,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         data, _ = pad_samples(X)
         with precision(X.dtype):
             log_prob, log_norm = _log_joint_and_norm(
-                self.family_,
+                self._family_for(X),
                 jax.tree.map(jnp.asarray, self._fitted_params()),
                 jnp.asarray(data),
             )

@@ -111,6 +111,13 @@ class BernoulliMixture(MixtureEstimator):
       mean_prior: ``(a, b)`` Beta parameters ≥ 1, each a scalar or broadcastable
         to (K, D); None for maximum likelihood.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      allow_nan: if True, NaN entries of X are missing values (missing at
+        random): ``fit`` runs EM for the observed-data likelihood (each sample
+        contributes through its observed features), the scores are
+        observed-data log-likelihoods, and the initialisation runs on the data
+        with each missing entry replaced by its feature's observed mean. A row
+        with no observed value is an error. If False (the default), NaN is an
+        error, as in scikit-learn.
       device_budget: None (the data is always copied to the device), or a
         number of bytes: ``fit`` on data larger than it (e.g. a
         ``numpy.memmap``) is streamed: restarts initialised on a random
@@ -139,8 +146,10 @@ class BernoulliMixture(MixtureEstimator):
     # Seeding on single samples ("k-means++", "random_from_data") puts maximum-
     # likelihood means at exactly 0 or 1, where most other samples have zero
     # likelihood: only starts that average over many samples are offered.
+    _missing_capable = True
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
+        "allow_nan": ["boolean"],
         "device_budget": [Interval(Integral, 0, None, closed="left"), None],
         "init_params": [StrOptions({"random", "kmeans"})],
         "means_init": ["array-like", None],
@@ -176,6 +185,7 @@ class BernoulliMixture(MixtureEstimator):
         random_state=None,
         binarize=None,
         device_budget=None,
+        allow_nan=False,
     ):
         self.n_components = n_components
         self.tol = tol
@@ -190,6 +200,7 @@ class BernoulliMixture(MixtureEstimator):
         self.random_state = random_state
         self.binarize = binarize
         self.device_budget = device_budget
+        self.allow_nan = allow_nan
 
     def _make_family(self, X: np.ndarray | None) -> Bernoulli:
         n_features = self.n_features_in_ if X is None else X.shape[1]
@@ -233,7 +244,8 @@ class BernoulliMixture(MixtureEstimator):
     def _prepare_input(self, X: np.ndarray) -> np.ndarray:
         if self.binarize is None:
             return X
-        return (X > self.binarize).astype(X.dtype)
+        # Missing values (NaN) stay missing.
+        return np.where(np.isnan(X), np.nan, X > self.binarize).astype(X.dtype)
 
     def _set_fitted(self, params: BernoulliParams, dtype) -> None:
         self.weights_ = params.weights

@@ -105,6 +105,13 @@ class CategoricalMixture(MixtureEstimator):
       level_prior: Dirichlet β ≥ 1 on every θ_kd, a scalar or broadcastable to
         (K, D, L); None for maximum likelihood.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      allow_nan: if True, NaN entries of X are missing values (missing at
+        random): ``fit`` runs EM for the observed-data likelihood (each sample
+        contributes through its observed features), the scores are
+        observed-data log-likelihoods, and the initialisation runs on the data
+        with each missing entry replaced by its feature's observed mean. A row
+        with no observed value is an error. If False (the default), NaN is an
+        error, as in scikit-learn.
 
     Attributes:
       weights_: (K,) mixing weights.
@@ -125,8 +132,10 @@ class CategoricalMixture(MixtureEstimator):
     # Seeding on single samples puts maximum-likelihood probabilities at 0 and
     # 1, where most other samples have zero likelihood: only starts that
     # average over many samples are offered.
+    _missing_capable = True
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
+        "allow_nan": ["boolean"],
         "n_levels": [Interval(Integral, 1, None, closed="left"), None],
         "init_params": [StrOptions({"random", "kmeans"})],
         "probs_init": ["array-like", None],
@@ -160,6 +169,7 @@ class CategoricalMixture(MixtureEstimator):
         weight_concentration_prior=None,
         level_prior=None,
         random_state=None,
+        allow_nan=False,
     ):
         self.n_components = n_components
         self.n_levels = n_levels
@@ -173,6 +183,7 @@ class CategoricalMixture(MixtureEstimator):
         self.weight_concentration_prior = weight_concentration_prior
         self.level_prior = level_prior
         self.random_state = random_state
+        self.allow_nan = allow_nan
 
     def _n_levels(self, X: np.ndarray | None) -> int:
         """L: ``n_levels``, else ``probs_init``'s last axis, else largest code + 1.
@@ -185,7 +196,7 @@ class CategoricalMixture(MixtureEstimator):
             return int(self.n_levels)
         if self.probs_init is not None and np.ndim(self.probs_init) == 3:
             return int(np.shape(self.probs_init)[2])
-        return max(int(np.max(X)) + 1, 1)
+        return max(int(np.nanmax(X)) + 1, 1)
 
     def _make_family(self, X: np.ndarray | None) -> Categorical:
         n_features = self.n_features_in_ if X is None else X.shape[1]

@@ -139,6 +139,8 @@ def _validate(estimator, datasets, sample_weight):
 def fit_many(estimator, datasets, sample_weight=None, batch_size=None):
     """Fit ``estimator``'s model to each data set at once; see ``FittedMixtures``."""
     estimator._validate_params()
+    if estimator._fixed_fields():
+        raise ValueError("fixed_params is not supported by fit_many; use fit")
     Xs, weights, pooled, smallest = _validate(estimator, datasets, sample_weight)
     dtype = Xs.dtype
     estimator._check_n_samples(smallest.shape[0])

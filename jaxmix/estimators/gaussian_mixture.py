@@ -213,6 +213,13 @@ class GaussianMixture(MixtureEstimator):
         ``"random_from_data"``.
       weights_init, means_init, precisions_init: optional user starts.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      allow_nan: if True, NaN entries of X are missing values (missing at
+        random): ``fit`` runs EM for the observed-data likelihood (each sample
+        contributes through its observed features), the scores are
+        observed-data log-likelihoods, and the initialisation runs on the data
+        with each missing entry replaced by its feature's observed mean. A row
+        with no observed value is an error. If False (the default), NaN is an
+        error, as in scikit-learn.
       device_budget: None (the data is always copied to the device), or a
         number of bytes: ``fit`` on data larger than it (e.g. a
         ``numpy.memmap``) is streamed: restarts initialised on a random
@@ -220,6 +227,18 @@ class GaussianMixture(MixtureEstimator):
         (:func:`jaxmix.fit_stream`), all restarts sharing each pass. Only
         ``fit`` streams; ``predict`` and ``score`` copy their data.
       warm_start: start from the previous fit's parameters.
+      fixed_params: parameters held at their ``*_init`` values through the
+        fit: None (nothing fixed), a name or list of names among
+        ``"weights"``, ``"means"``, ``"precisions"`` (every component), or a
+        dict ``{name: mask}`` with a (K,) boolean mask of components (or a
+        mask of the parameter's shape; ``diag`` and ``spherical`` means may
+        be fixed feature by feature). Values come from ``weights_init``,
+        ``means_init`` and ``precisions_init``. Each EM step maximises over
+        the free parameters only: the free weights share the mass the fixed
+        ones leave, and covariances are centred at fixed means. The fitted
+        attributes keep the fixed values exactly (covariances as the
+        inverses of ``precisions_init``). Not supported by ``partial_fit``,
+        ``fit_many`` or streamed fits.
       verbose, verbose_interval: print a per-iteration report after the fit.
       weight_concentration_prior: Dirichlet α ≥ 1 on the weights (scalar or
         (K,)); None for maximum likelihood.
@@ -248,9 +267,12 @@ class GaussianMixture(MixtureEstimator):
       array([ 1., 10.])
     """
 
+    _missing_capable = True
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
+        "allow_nan": ["boolean"],
         "device_budget": [Interval(Integral, 0, None, closed="left"), None],
+        "fixed_params": "no_validation",  # checked at fit, with the *_init arrays
         "covariance_type": [StrOptions(set(covariance_kernels.COVARIANCE_TYPES))],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
         "means_init": ["array-like", None],
@@ -297,6 +319,8 @@ class GaussianMixture(MixtureEstimator):
         degrees_of_freedom_prior=None,
         covariance_prior=None,
         device_budget=None,
+        fixed_params=None,
+        allow_nan=False,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -318,6 +342,14 @@ class GaussianMixture(MixtureEstimator):
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
         self.device_budget = device_budget
+        self.fixed_params = fixed_params
+        self.allow_nan = allow_nan
+
+    _fixable: ClassVar[dict[str, tuple[str, str]]] = {
+        "weights": ("weights", "weights_init"),
+        "means": ("means", "means_init"),
+        "precisions": ("covariances", "precisions_init"),
+    }
 
     def _make_family(self, X: np.ndarray | None) -> Gaussian:
         # Priors are checked against the data, and their data-dependent

@@ -123,6 +123,13 @@ class PoissonMixture(MixtureEstimator):
       rate_prior: ``(a, b)``, Gamma shape a ≥ 1 and rate b > 0, each a scalar
         or broadcastable to (K, D); None for maximum likelihood.
       random_state: None, an int or a ``numpy.random.RandomState``.
+      allow_nan: if True, NaN entries of X are missing values (missing at
+        random): ``fit`` runs EM for the observed-data likelihood (each sample
+        contributes through its observed features), the scores are
+        observed-data log-likelihoods, and the initialisation runs on the data
+        with each missing entry replaced by its feature's observed mean. A row
+        with no observed value is an error. If False (the default), NaN is an
+        error, as in scikit-learn.
 
     Attributes:
       weights_: (K,) mixing weights.
@@ -142,8 +149,10 @@ class PoissonMixture(MixtureEstimator):
     # Seeding on single samples ("k-means++", "random_from_data") starts every
     # feature a sample counted 0 at a rate of exactly 0, where most other
     # samples have zero likelihood: only starts that average are offered.
+    _missing_capable = True
     _parameter_constraints: ClassVar[dict] = {
         **MixtureEstimator._parameter_constraints,
+        "allow_nan": ["boolean"],
         "init_params": [StrOptions({"kmeans", "random"})],
         "rates_init": ["array-like", None],
         "uniform_weights": ["boolean"],
@@ -175,6 +184,7 @@ class PoissonMixture(MixtureEstimator):
         weight_concentration_prior=None,
         rate_prior=None,
         random_state=None,
+        allow_nan=False,
     ):
         self.n_components = n_components
         self.tol = tol
@@ -187,6 +197,7 @@ class PoissonMixture(MixtureEstimator):
         self.weight_concentration_prior = weight_concentration_prior
         self.rate_prior = rate_prior
         self.random_state = random_state
+        self.allow_nan = allow_nan
 
     def _make_family(self, X: np.ndarray | None) -> Poisson:
         n_features = self.n_features_in_ if X is None else X.shape[1]

@@ -76,7 +76,21 @@ def _reject_sparse(X, name: str) -> None:
         )
 
 
-def _numpy_check_array(X, name: str, ensure_min_samples: int) -> np.ndarray:
+def check_observed_rows(X: np.ndarray) -> None:
+    """``ValueError`` naming the first row of X whose entries are all NaN."""
+    empty = np.flatnonzero(np.all(np.isnan(X), axis=1))
+    if empty.size:
+        more = f" (and {empty.size - 1} more)" if empty.size > 1 else ""
+        raise ValueError(
+            f"Row {empty[0]} of X has no observed value (every entry is NaN)"
+            f"{more}; drop it: a sample with nothing observed carries no "
+            "information"
+        )
+
+
+def _numpy_check_array(
+    X, name: str, ensure_min_samples: int, allow_nan: bool = False
+) -> np.ndarray:
     """The data check without scikit-learn: a finite 2-D float32/float64 array."""
     _reject_sparse(X, name)
     try:
@@ -110,7 +124,9 @@ def _numpy_check_array(X, name: str, ensure_min_samples: int) -> np.ndarray:
             f"Found array with 0 feature(s) (shape={array.shape}) while a minimum "
             "of 1 is required."
         )
-    if not np.all(np.isfinite(array)):
+    if allow_nan and np.isinf(array).any():
+        raise ValueError(f"Input {name} contains infinity.")
+    if not allow_nan and not np.all(np.isfinite(array)):
         bad = "NaN" if np.isnan(array).any() else "infinity"
         raise ValueError(f"Input {name} contains {bad}.")
     return array
@@ -148,26 +164,36 @@ def check_array(X, *, name: str = "X", ensure_min_samples: int = 1) -> np.ndarra
         raise _non_numeric(error, name) from None
 
 
-def validate_data(estimator, X, *, reset: bool, ensure_min_samples: int = 1):
+def validate_data(
+    estimator, X, *, reset: bool, ensure_min_samples: int = 1, allow_nan=False
+):
     """:func:`check_array`, and the estimator's ``n_features_in_`` set or checked.
 
     ``reset=True`` (fit) records ``n_features_in_`` (and, with scikit-learn,
     ``feature_names_in_`` for a DataFrame); ``reset=False`` checks X against them.
+    ``allow_nan``: NaN entries are missing values (infinity stays an error),
+    and a row with no observed value is a ``ValueError`` naming it.
     """
     if isinstance(X, jax.Array):
         X = np.asarray(X)
     if SKLEARN:
         try:
-            return _sklearn_validate_data(
+            X = _sklearn_validate_data(
                 estimator,
                 X,
                 reset=reset,
                 dtype=FLOAT_DTYPES,
                 ensure_min_samples=ensure_min_samples,
+                ensure_all_finite="allow-nan" if allow_nan else True,
             )
         except ValueError as error:
             raise _non_numeric(error, "X") from None
-    X = _numpy_check_array(X, "X", ensure_min_samples)
+        if allow_nan:
+            check_observed_rows(X)
+        return X
+    X = _numpy_check_array(X, "X", ensure_min_samples, allow_nan)
+    if allow_nan:
+        check_observed_rows(X)
     if reset:
         estimator.n_features_in_ = X.shape[1]
     elif X.shape[1] != estimator.n_features_in_:

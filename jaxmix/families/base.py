@@ -41,13 +41,14 @@ one), :meth:`Family.log_prior` (zero: maximum likelihood),
 :meth:`Family.translate` (identity), :meth:`Family.combine_statistics` (sum),
 :meth:`Family.empty_statistics` (zeros), :meth:`Family.hard_statistics`
 (statistics of one-hot responsibilities),
-:meth:`Family.check_data` (accepts everything), and the class-level facts
+:meth:`Family.check_data` (accepts everything), the fixed-parameter M-step
+(:meth:`Family.constrained_m_step`, :meth:`Family.check_fixed`; see
+:mod:`jaxmix.families.fixed`), and the class-level facts
 :attr:`Family.location_field`, :attr:`Family.centred_fit`,
-:attr:`Family.additive_statistics`, :attr:`Family.online_statistics`,
-:attr:`Family.soft_assignments` and
-:attr:`Family.smooth_objective`. Hard-clustering families (K-means,
-K-medians) also provide :meth:`Family.assignment_cost` and
-:meth:`Family.params_at`.
+:attr:`Family.additive_statistics`, :attr:`Family.soft_assignments`,
+:attr:`Family.smooth_objective` and :attr:`Family.fixable_fields`.
+Hard-clustering families (K-means, K-medians) also provide
+:meth:`Family.assignment_cost` and :meth:`Family.params_at`.
 
 The engine calls these methods and reads these attributes; it never asks what
 kind of family it has.
@@ -65,6 +66,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmix.engine.generalized import GeneralizedMStep
+from jaxmix.families import fixed as fixing
+from jaxmix.families.missing import fill_missing
+from jaxmix.families.mixing import update_weights_fixed
 
 Array = jax.Array
 
@@ -164,6 +168,16 @@ class Family(abc.ABC):
     #: without a closed-form one. A family may declare a static field of this
     #: name to let each instance choose.
     generalized_m_step: ClassVar[GeneralizedMStep] = GeneralizedMStep()
+    #: Params fields besides the weights that :meth:`constrained_m_step` can
+    #: hold fixed, entry by entry: by default those whose maximiser does not
+    #: depend on the other fields (nor couple its own entries), so that
+    #: keeping the fixed entries of the unconstrained maximiser is exact.
+    fixable_fields: ClassVar[tuple[str, ...]] = ()
+    #: NaN entries of X are missing values (MAR): each sample contributes
+    #: through its observed features (:meth:`with_missing_values`). Families
+    #: that handle missing values declare it as a static field, off by
+    #: default, so complete data keeps the program it always had.
+    missing_values: ClassVar[bool] = False
 
     # -- required ----------------------------------------------------------------
     @abc.abstractmethod
@@ -199,8 +213,13 @@ class Family(abc.ABC):
         point, which suits families whose statistics and M-step do not use
         the current params; families that centre their statistics override it.
         A family without a closed-form M-step must override it: its value is
-        where the generalized M-step starts (e.g. moment matching).
+        where the generalized M-step starts (e.g. moment matching). With
+        missing values, it is the complete-data reference of X with every
+        missing entry replaced by its feature's observed (weighted) mean.
         """
+        if self.missing_values:
+            filled = fill_missing(X, jnp.sum(resp, axis=1))
+            return self.with_missing_values(False).reference(filled, resp)
         if not self.closed_form_m_step:
             raise NotImplementedError(
                 f"{type(self).__name__} has no closed-form M-step, so it must "
@@ -260,6 +279,93 @@ class Family(abc.ABC):
         n_components = params.weights.shape[0]
         resp = one_hot_responsibilities(labels, weights, n_components)
         return self.statistics(params, X, resp)
+
+    def check_fixed(self, fixed) -> None:
+        """Raise ``ValueError`` if the M-step cannot hold this mask fixed exactly.
+
+        ``fixed`` is a concrete full mask (:func:`jaxmix.families.fixed.fixed_mask`).
+        The default allows the weights, the :attr:`fixable_fields`, and fields
+        the family does not learn (absent from :meth:`charts`), for families
+        with a closed-form M-step. Families whose masks must follow a pattern
+        (a covariance matrix fixed as a whole) extend it.
+        """
+        fixed_fields = [name for name in fixed._fields if np.any(getattr(fixed, name))]
+        if fixed_fields and not self.closed_form_m_step:
+            raise ValueError(
+                f"{type(self).__name__} has no closed-form M-step; fixed "
+                f"parameters ({fixed_fields}) need one"
+            )
+        learned = set(self.charts())
+        allowed = {"weights", *self.fixable_fields}
+        for name in fixed_fields:
+            if name in learned and name not in allowed:
+                raise ValueError(
+                    f"{type(self).__name__} cannot hold {name!r} fixed exactly: "
+                    f"its maximiser is coupled to the other fields; it can fix "
+                    f"{sorted(allowed & learned)}"
+                )
+
+    def constrained_m_step(self, stats, params, fixed):
+        r"""The (MAP) maximiser of Q over the free entries; fixed ones kept.
+
+        ``fixed`` is a full mask (:mod:`jaxmix.families.fixed`) and ``params``
+        the current point, which holds the fixed values. The default is exact
+        for the fields :meth:`check_fixed` allows: the unconstrained
+        :meth:`m_step` with the fixed entries of ``params`` put back (bit for
+        bit), the free weights sharing the mass the fixed ones leave
+        (:meth:`hold_fixed`). Families whose fields are coupled override it.
+        """
+        return self.hold_fixed(self.m_step(stats, params), params, fixed)
+
+    def hold_fixed(self, new_params, params, fixed):
+        """``new_params`` with the fixed entries of ``params`` put back.
+
+        Fixed entries are ``params``' own, bit for bit. If the family learns
+        the weights, the free ones share the mass the fixed ones leave
+        (:func:`jaxmix.families.mixing.update_weights_fixed`), which is the
+        constrained maximiser because every family's weight update is
+        proportional to the (prior-shifted) counts.
+        """
+        held = fixing.hold(new_params, params, fixed)
+        if "weights" not in self.charts():
+            return held
+        weights = update_weights_fixed(
+            new_params.weights, params.weights, fixed.weights
+        )
+        return held._replace(weights=weights)
+
+    def with_missing_values(self, missing_values: bool = True):
+        """This family, reading NaN entries of X as missing values (or not).
+
+        Raises:
+          ValueError: ``missing_values`` is True and the family has no
+            missing-data EM.
+        """
+        if missing_values == self.missing_values:
+            return self
+        if "missing_values" not in {f.name for f in dataclasses.fields(self)}:
+            raise ValueError(
+                f"{type(self).__name__} does not handle missing values: X must "
+                "not contain NaN"
+            )
+        return dataclasses.replace(self, missing_values=bool(missing_values))
+
+    def expected_log_density(self, params, reference, X: Array) -> Array:
+        r"""E[log p(x_n | θ_k)] over the missing entries, shape (N, K).
+
+        The expectation is over the missing entries of x_n drawn from their
+        conditional distribution given the observed ones under component k of
+        ``reference`` (θ_old), up to terms constant in θ: the per-sample term
+        of the expected complete-data log-likelihood Q(θ | θ_old), which the
+        missing-data M-step maximises (:mod:`jaxmix.check`). With complete
+        data (the default) it is :meth:`log_component_density`.
+        """
+        if self.missing_values:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no expected complete-data log density"
+            )
+        del reference
+        return self.log_component_density(params, X)
 
     @property
     def label(self) -> str:

@@ -15,10 +15,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import betaln, xlog1py, xlogy
 
 from jaxmix.families import charts
 from jaxmix.families.base import Family, static
+from jaxmix.families.missing import completed, missing_counts, split_missing
 from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
@@ -69,10 +71,13 @@ class Bernoulli(Family):
 
     params_type = BernoulliParams
     location_field = "means"
+    # Each θ_kd has its own maximiser: its entries can be held fixed.
+    fixable_fields = ("means",)
 
     weight_concentration: Any = None
     mean_prior: Any = None
     uniform_weights: bool = static(False)
+    missing_values: bool = static(False)
 
     def __post_init__(self):
         if self.mean_prior is not None and (
@@ -98,6 +103,10 @@ class Bernoulli(Family):
         return {**free, "means": charts.Probability}
 
     def check_data(self, X) -> None:
+        if self.missing_values:
+            X = X[~np.isnan(X)]
+            if X.size == 0:
+                return
         low, high = X.min(), X.max()
         if low < 0 or high > 1:
             raise ValueError(
@@ -114,18 +123,51 @@ class Bernoulli(Family):
         disagree, never NaN.
         """
         means = params.means
+        if self.missing_values:
+            # Observed bits only: a missing entry is neither on nor off.
+            X, observed = split_missing(X)
+            off = observed.astype(X.dtype) - X
+        else:
+            off = 1 - X
         log_on = safe_log(means, means > 0)
         log_off = safe_log(1 - means, means < 1)
-        on = X @ log_on.T + (1 - X) @ log_off.T
-        impossible = X @ (means <= 0).T.astype(X.dtype) + (1 - X) @ (
-            means >= 1
-        ).T.astype(X.dtype)
+        on = X @ log_on.T + off @ log_off.T
+        impossible = X @ (means <= 0).T.astype(X.dtype) + off @ (means >= 1).T.astype(
+            X.dtype
+        )
         return jnp.where(impossible > 0, -jnp.inf, on)
 
     def statistics(self, params, X: Array, resp: Array) -> BernoulliStats:
-        """Counts and responsibility-weighted sums; ``params`` is not needed."""
+        """Counts and responsibility-weighted sums.
+
+        ``params`` is not needed for complete data; with missing values a
+        missing bit counts as its expected value θ_kd under ``params``:
+        Σ_n r_nk x̂_nkd = Σ_{n: x_nd observed} r_nk x_nd + θ_kd Σ_{n: missing} r_nk.
+        """
+        if self.missing_values:
+            values, observed = split_missing(X)
+            guesses = params.means * missing_counts(observed, resp)
+            return BernoulliStats(jnp.sum(resp, axis=0), resp.T @ values + guesses)
         del params
         return BernoulliStats(jnp.sum(resp, axis=0), resp.T @ X)
+
+    def expected_log_density(self, params, reference, X: Array) -> Array:
+        r"""E[log p(x | θ_k)] with each missing bit ~ Bernoulli(θ_old,kd), (N, K).
+
+        Linear in the bits: the log density at the completed x̂_nk (missing
+        bits replaced by ``reference``'s θ_kd).
+        """
+        if not self.missing_values:
+            return self.log_component_density(params, X)
+        values, observed = split_missing(X)
+        guesses = jax.lax.stop_gradient(reference.means)
+        filled = completed(values, observed, guesses)
+        means = params.means
+        log_on = safe_log(means, means > 0)
+        log_off = safe_log(1 - means, means < 1)
+        return jnp.einsum("nkd,kd->nk", filled, log_on) + jnp.einsum(
+            "nkd,kd->nk", 1 - filled, log_off
+        )
 
     def m_step(self, stats: BernoulliStats, params) -> BernoulliParams:
         r"""Closed-form (MAP) M-step.

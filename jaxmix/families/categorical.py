@@ -26,6 +26,7 @@ from jax.scipy.special import gammaln, xlogy
 
 from jaxmix.families import charts
 from jaxmix.families.base import Family, static
+from jaxmix.families.missing import missing_counts
 from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
@@ -165,6 +166,7 @@ class Categorical(Family):
     weight_concentration: Any = None
     level_prior: Any = None
     uniform_weights: bool = static(False)
+    missing_values: bool = static(False)
 
     def __post_init__(self):
         levels = self.n_levels
@@ -202,6 +204,10 @@ class Categorical(Family):
     def check_data(self, X) -> None:
         """Raise ``ValueError`` unless every value is an integer code in 0 … L − 1."""
         X = np.asarray(X)
+        if self.missing_values:
+            X = X[~np.isnan(X)]
+            if X.size == 0:
+                return
         if not np.all(np.isfinite(X)):
             raise ValueError("X contains NaN or infinite values; codes must be finite")
         fractional = X != np.round(X)
@@ -233,14 +239,39 @@ class Categorical(Family):
         return jnp.where(impossible > 0, -jnp.inf, log_prob)
 
     def statistics(self, params, X: Array, resp: Array) -> CategoricalStats:
-        """Counts N_k and level counts c_kdl; ``params`` is not needed."""
-        del params
+        """Counts N_k and level counts c_kdl.
+
+        ``params`` is not needed for complete data; with missing values a
+        missing code adds θ_kdl (its expected one-hot vector) under ``params``.
+        """
+        if not self.missing_values:
+            del params
         n_samples, n_features = X.shape
+        # A missing (NaN) code has an all-zero one-hot row: it is in no level.
         one_hot = _one_hot_codes(X, self.n_levels).reshape(n_samples, -1)
         level_counts = (resp.T @ one_hot).reshape(
             resp.shape[1], n_features, self.n_levels
         )
+        if self.missing_values:
+            # A missing code counts as its expected one-hot vector θ_kd.
+            counts = missing_counts(~jnp.isnan(X), resp)
+            level_counts = level_counts + params.probs * counts[:, :, None]
         return CategoricalStats(jnp.sum(resp, axis=0), level_counts)
+
+    def expected_log_density(self, params, reference, X: Array) -> Array:
+        r"""E[log p(x | θ_k)] with each missing code ~ θ_old,kd, shape (N, K).
+
+        Σ_d Σ_l ĥ_nkdl log θ_kdl with ĥ the one-hot codes where observed and
+        ``reference``'s level probabilities where missing.
+        """
+        if not self.missing_values:
+            return self.log_component_density(params, X)
+        one_hot = _one_hot_codes(X, self.n_levels)  # (N, D, L)
+        guesses = jax.lax.stop_gradient(reference.probs)  # (K, D, L)
+        missing = jnp.isnan(X)[:, None, :, None]
+        expected = jnp.where(missing, guesses[None], one_hot[:, None])
+        log_probs = safe_log(params.probs, params.probs > 0)
+        return jnp.einsum("nkdl,kdl->nk", expected, log_probs)
 
     def m_step(self, stats: CategoricalStats, params) -> CategoricalParams:
         r"""Closed-form (MAP) M-step.

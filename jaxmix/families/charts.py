@@ -24,6 +24,12 @@ base params. A chart is a small class with ``to_unconstrained(value, scale)``,
 ``infeasibility(value) -> str | None`` (host-side, NumPy) and ``per_component``
 (whether the leading axis indexes components). A new family can use these
 charts or write its own with the same four members.
+
+With fixed parameters (:mod:`jaxmix.families.fixed`) the free entries of a
+field are its coordinates and the fixed ones keep their values
+(:func:`hold`); the weights' chart then maps onto the simplex scaled to the
+mass the fixed weights leave (:meth:`Simplex.hold`), so a zero gradient is the
+Lagrange condition of the constrained problem.
 """
 
 from __future__ import annotations
@@ -78,6 +84,19 @@ class Simplex:
     def to_value(coords: Array, scale: Array) -> Array:
         del scale
         return jax.nn.softmax(coords)
+
+    @staticmethod
+    def hold(value: Array, base: Array, fixed: Array) -> Array:
+        r"""Fixed weights from ``base``; the free ones on the scaled simplex.
+
+        :math:`π_k = (1 − Σ_{j \text{ fixed}} π_j) \, e^{u_k} / Σ_{j \text{ free}}
+        e^{u_j}` for a free k: the softmax of the free coordinates, scaled to
+        the mass the fixed weights leave.
+        """
+        free_mass = 1 - jnp.sum(jnp.where(fixed, base, 0))
+        total = jnp.sum(jnp.where(fixed, 0, value))
+        total = jnp.where(jnp.any(~fixed), total, 1)  # all fixed: no 0/0
+        return jnp.where(fixed, base, free_mass * value / total)
 
     @staticmethod
     def infeasibility(value: np.ndarray) -> str | None:
@@ -270,10 +289,28 @@ def to_unconstrained(family, params, scale: Array) -> dict[str, Array]:
     }
 
 
-def to_params(family, coords: dict[str, Array], base, scale: Array):
-    """Params from coordinates; fixed fields are taken from ``base``."""
-    values = {
-        name: chart.to_value(coords[name], scale)
-        for name, chart in charts(family).items()
-    }
+def hold(chart, value: Array, base: Array, fixed: Array) -> Array:
+    """A field's value with its ``fixed`` entries (a boolean mask) from ``base``.
+
+    A chart may define ``hold(value, base, fixed)`` where the free entries are
+    constrained by the fixed ones (:meth:`Simplex.hold`); otherwise the free
+    entries are the chart's values.
+    """
+    if hasattr(chart, "hold"):
+        return chart.hold(value, base, fixed)
+    return jnp.where(fixed, base, value)
+
+
+def to_params(family, coords: dict[str, Array], base, scale: Array, fixed=None):
+    """Params from coordinates; fixed fields are taken from ``base``.
+
+    ``fixed``, a full mask (:func:`jaxmix.families.fixed.fixed_mask`), also
+    takes the fixed entries of the free fields from ``base`` (:func:`hold`).
+    """
+    values = {}
+    for name, chart in charts(family).items():
+        value = chart.to_value(coords[name], scale)
+        if fixed is not None:
+            value = hold(chart, value, getattr(base, name), getattr(fixed, name))
+        values[name] = value
     return base._replace(**values)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -335,6 +336,372 @@ def _condition_masked_diagonal(means, variances, residual, mask):
     return jnp.broadcast_to(means, residual.shape), maha, log_det
 
 
+# ----------------------------------------------------------------------------
+# Missing values
+# ----------------------------------------------------------------------------
+#
+# A sample with missing features contributes through its observed block o: the
+# E-step needs each component's marginal density of x_o, the statistics the
+# conditional moments of the missing block m given x_o. For full and tied
+# covariances both come from the precision P = Σ⁻¹ = U Uᵀ and the missing
+# block. The missing entries are filled with zero (the observed mean of the
+# data the engine centres), x_f, so that all components share one matrix
+# product as for complete data; with z = x_f − μ, g = (P z)_m and L Lᵀ = P_mm,
+#
+#   (x_o − μ_o)ᵀ Σ_oo⁻¹ (x_o − μ_o) = min over x_m = ‖Uᵀ z‖² − ‖L⁻¹ g‖²,
+#   log|Σ_oo| = log|Σ| + log|P_mm|,
+#   E[x_m | x_o] = x_f,m − P_mm⁻¹ g,   Cov[x_m | x_o] = P_mm⁻¹ = L⁻ᵀ L⁻¹.
+#
+# The difference of the two quadratic forms loses digits in float32 only when
+# both are large against the result; a test checks it against the float32
+# error of the complete-data density on strongly correlated data.
+#
+# Only the missing block is factored. Each row's missing features are listed
+# in slots 0, 1, ..., padded to a static size s (a padded slot is an identity
+# row and column of P_mm); P_mm is gathered from P and factored by a Cholesky
+# written out over the s slots, one vectorised operation per step for all rows
+# and components (batched LAPACK calls of tiny matrices are slow on CPU). The
+# rows of L⁻¹ E, with E the slots' one-hot rows (s, D), give the conditional
+# covariance in D×D coordinates (Eᵀ P_mm⁻¹ E = (L⁻¹E)ᵀ (L⁻¹E)), whose sum over
+# rows is then a matrix product.
+#
+# The rows are taken in sub-blocks of _MISSING_ROWS; each sub-block runs at the
+# smallest size of _missing_sizes that holds its largest count of missing
+# features, chosen inside the program by lax.switch, so a new pattern of
+# missing values never recompiles and complete rows cost what they cost
+# without missing values. The engine orders a fit's rows by their count of
+# missing features (:func:`jaxmix.families.missing.rows_by_missing_count`), so
+# most sub-blocks need a small size. Under vmap over data sets the switch
+# becomes a select that runs every size. Diagonal and spherical covariances
+# need none of this: their features are independent given the component.
+
+_MISSING_ROWS = 512  # rows per sub-block, each at its own size of missing block
+
+
+_LARGEST_SMALL_SIZE = 8
+
+
+def _missing_sizes(n_features: int) -> tuple[int, ...]:
+    """Static sizes of the missing block: 0, 1, 2, 3, 4, 6, 8 and D.
+
+    Each size is a branch of the compiled program whose factorisation is
+    written out step by step, so its code grows with the size: sizes between
+    8 and D (12, 16, 24, ...) tripled the compile time at D = 30 (measured on
+    a 2-core CPU) for sub-blocks that are rare once rows are ordered by their
+    count of missing features.
+    """
+    sizes = (0, 1, 2, 3, 4, 6, _LARGEST_SMALL_SIZE)
+    return tuple(s for s in sizes if s < n_features) + (n_features,)
+
+
+def _columns_cholesky(block: Array) -> list[Array]:
+    """Lower Cholesky factors of matrices (s, s, ...), as columns L[j:, j]."""
+    columns = []
+    for _ in range(block.shape[0]):
+        column = block[:, 0] / jnp.sqrt(block[0, 0])
+        columns.append(column)
+        block = block[1:, 1:] - column[1:, None] * column[None, 1:]
+    return columns
+
+
+def _solve_columns(columns: list[Array], rhs: Array) -> Array:
+    """L⁻¹ b for the factors of :func:`_columns_cholesky` and b (s, ...).
+
+    ``rhs`` may have more axes than the factors, after its first: (s, r, ...)
+    solves for r right-hand sides at once.
+    """
+    extra = rhs.ndim - columns[0].ndim
+    solution = []
+    for column in columns:
+        column = column.reshape(column.shape[:1] + (1,) * extra + column.shape[1:])
+        value = rhs[0] / column[0]
+        solution.append(value)
+        rhs = rhs[1:] - column[1:] * value
+    return jnp.stack(solution)
+
+
+def _missing_slots(observed: Array, size: int) -> tuple[Array, Array]:
+    """Each row's missing features in slots: one-hot (s, D, n) and index (s, n).
+
+    Slot i of a row holds its i-th missing feature (rows along the last axis);
+    the slots past its count are unused: no one-hot entry, index 0.
+    """
+    missing_t = ~observed.T  # (D, n)
+    slot = jnp.cumsum(missing_t, axis=0, dtype=jnp.int32) - 1
+    onehot = missing_t & (slot == jnp.arange(size, dtype=jnp.int32)[:, None, None])
+    features = jnp.arange(observed.shape[1], dtype=jnp.int32)[:, None]
+    return onehot, jnp.sum(jnp.where(onehot, features, 0), axis=1)
+
+
+class _Conditioned(NamedTuple):
+    """One block of rows conditioned on its observed features, per component.
+
+    Rows run along the last axis; ``K`` is 1 for a tied covariance's factors.
+    """
+
+    centred: Array  # (K, D, n)  x_f − μ_k, with x_f zero on the missing entries
+    whitened: Array  # (K, D, n)  Uᵀ (x_f − μ_k)
+    solved: Array | None  # (s, K, n)  L⁻¹ g, g = (P (x_f − μ_k))_m in slot order
+    columns: list | None  # the factor L of P_mm, as columns (s − j, K, n)
+    onehot: Array | None  # (s, D, n)  the slots' missing features
+    index: Array | None  # (s, n)  their indices
+
+
+def _stacked_product(matrices: Array, data_t: Array, means: Array) -> Array:
+    """A_k (x − μ_k) for all components, (K, D, n), from A (K or 1, D, D).
+
+    One (K·D, D) @ (D, n) product for all components, as for complete data.
+    """
+    n_components, n_features = means.shape
+    stacked = matrices.reshape(-1, n_features)
+    product = (stacked @ data_t).reshape(matrices.shape[0], n_features, -1)
+    moved = jnp.einsum("kde,ke->kd", matrices, means)  # (K, D)
+    return product - moved[:, :, None]
+
+
+def _condition(X, observed, means, prec_chol, size: int) -> _Conditioned:
+    """Condition rows with at most ``size`` missing features on their observed ones.
+
+    ``X`` (n, D) holds zeros at the missing entries, ``prec_chol`` is U per
+    component (K, D, D) or tied (D, D). The missing entries are filled with
+    zero, the observed mean of the centred data, so that all components share
+    one matrix product as for complete data; the minimisation over x_m then
+    removes the fill.
+    """
+    n_components, n_features = means.shape
+    if prec_chol.ndim == 2:
+        prec_chol = prec_chol[None]
+    data_t = X.T  # (D, n)
+    centred = data_t[None] - means[:, :, None]  # (K, D, n)
+    whitened = _stacked_product(_t(prec_chol), data_t, means)  # Uᵀ (x_f − μ_k)
+    if size == 0:
+        return _Conditioned(centred, whitened, None, None, None, None)
+    onehot, index = _missing_slots(observed, size)
+    precision = prec_chol @ _t(prec_chol)  # (K or 1, D, D)
+    gradient = _stacked_product(precision, data_t, means)  # P (x_f − μ_k)
+    gradient = jnp.take_along_axis(gradient, index[None], axis=1)  # (K, s, n)
+    used = jnp.any(onehot, axis=1)  # (s, n)
+    gradient = jnp.where(used[:, None], jnp.moveaxis(gradient, 1, 0), 0)  # (s, K, n)
+    flat = index[:, None, :] * n_features + index[None, :, :]  # (s, s, n)
+    block = jnp.take(precision.reshape(precision.shape[0], -1), flat, axis=1)
+    both = used[:, None] & used[None, :]
+    eye = jnp.eye(size, dtype=X.dtype)[:, :, None, None]
+    block = jnp.where(both[:, :, None], jnp.moveaxis(block, 0, 2), eye)  # (s, s, K, n)
+    columns = _columns_cholesky(block)
+    solved = _solve_columns(columns, gradient)
+    return _Conditioned(centred, whitened, solved, columns, onehot, index)
+
+
+def _observed_terms(conditioned: _Conditioned):
+    """Mahalanobis terms of the observed blocks and ½ log|P_mm|, (K, n) each.
+
+    ‖Uᵀ(x_f − μ)‖² − ‖L⁻¹ g‖²: the full term minimised over the missing entries.
+    """
+    maha = jnp.sum(jnp.square(conditioned.whitened), axis=1)
+    if conditioned.solved is None:
+        return maha, jnp.zeros((1, 1), maha.dtype)
+    maha = maha - jnp.sum(jnp.square(conditioned.solved), axis=0)
+    half = sum(jnp.log(column[0]) for column in conditioned.columns)
+    return jnp.maximum(maha, 0), half
+
+
+def _solve_columns_transposed(columns: list[Array], rhs: Array) -> Array:
+    """L⁻ᵀ b for the factors of :func:`_columns_cholesky` and b (s, ...)."""
+    size = len(columns)
+    solution = [None] * size
+    for j in reversed(range(size)):
+        value = rhs[j]
+        if j + 1 < size:
+            later = jnp.stack(solution[j + 1 :])
+            value = value - jnp.sum(columns[j][1:] * later, axis=0)
+        solution[j] = value / columns[j][0]
+    return jnp.stack(solution)
+
+
+def _inverse_columns(columns: list[Array]) -> Array:
+    """P_mm⁻¹ = L⁻ᵀ L⁻¹ (s, s, ...) for the factors of :func:`_columns_cholesky`."""
+    size = len(columns)
+    eye = jnp.eye(size, dtype=columns[0].dtype).reshape(
+        (size, size) + (1,) * (columns[0].ndim - 1)
+    )
+    rhs = jnp.broadcast_to(eye, (size, size, *columns[0].shape[1:]))
+    inverse = _solve_columns(columns, rhs)  # L⁻¹ (s, s, ...), row i in [i]
+    # A sum of outer products, one per row of L⁻¹: an einsum with the rows as
+    # batch axes becomes a batched product of tiny matrices, and one broadcast
+    # product over (s, s, s, ...) a fusion that recomputes its inputs; both
+    # measured several times slower on CPU.
+    total = inverse[0][:, None] * inverse[0][None, :]
+    for row in inverse[1:]:
+        total = total + row[:, None] * row[None, :]
+    return total
+
+
+def _by_missing_size(compute, X, observed, *per_row, n_features: int):
+    """``compute(size, X, observed, *per_row)`` per sub-block of rows, stacked.
+
+    Each sub-block runs at the smallest static size that holds its largest
+    count of missing features. Rows are padded to whole sub-blocks with
+    complete zero rows (and zero ``per_row`` values); the outputs come back
+    with a leading sub-block axis.
+    """
+    n_samples = X.shape[0]
+    rows = min(_MISSING_ROWS, n_samples)
+    n_sub = -(-n_samples // rows)
+    pad = n_sub * rows - n_samples
+
+    def split(array, fill):
+        widths = ((0, pad),) + ((0, 0),) * (array.ndim - 1)
+        array = jnp.pad(array, widths, constant_values=fill)
+        return array.reshape(n_sub, rows, *array.shape[1:])
+
+    sizes = _missing_sizes(n_features)
+    blocks = (split(X, 0), split(observed, True), *(split(a, 0) for a in per_row))
+
+    def one_block(arrays):
+        largest = jnp.max(jnp.sum(~arrays[1], axis=1))
+        which = jnp.searchsorted(jnp.asarray(sizes), largest)
+        branches = [functools.partial(compute, size) for size in sizes]
+        return jax.lax.switch(which, branches, *arrays)
+
+    if n_sub == 1:
+        return jax.tree.map(lambda leaf: leaf[None], one_block([b[0] for b in blocks]))
+    return jax.lax.map(one_block, blocks)
+
+
+def _matrix_missing_mahalanobis(X, observed, means, prec_chol):
+    r"""Observed-block Mahalanobis terms and ½ log|Σ_oo⁻¹|, both (N, K).
+
+    ``X`` holds zeros at the missing entries (:func:`split_missing`);
+    ½ log|Σ_oo⁻¹| = log|U| − ½ log|P_mm|.
+    """
+    n_samples, n_features = X.shape
+    n_components = means.shape[0]
+    log_det_u = jnp.reshape(_log_diag_sum(prec_chol), (-1, 1))  # (K or 1, 1)
+
+    def compute(size, X, observed):
+        maha, half = _observed_terms(_condition(X, observed, means, prec_chol, size))
+        return maha.T, jnp.broadcast_to(log_det_u - half, maha.shape).T
+
+    maha, half = _by_missing_size(compute, X, observed, n_features=n_features)
+    shape = (-1, n_components)
+    return maha.reshape(shape)[:n_samples], half.reshape(shape)[:n_samples]
+
+
+def _completed(conditioned: _Conditioned) -> Array:
+    """x̂ − μ_k (K, D, n): x_f − μ_k moved by E[x_m | x_o] − 0 on the missing block."""
+    if conditioned.solved is None:
+        return conditioned.centred
+    move = -_solve_columns_transposed(conditioned.columns, conditioned.solved)
+    onehot = conditioned.onehot.astype(move.dtype)[:, None]  # (s, 1, D, n)
+    completed = conditioned.centred
+    for slot in range(move.shape[0]):  # (a sum over s: see _inverse_columns)
+        completed = completed + onehot[slot] * move[slot][:, None]
+    return completed
+
+
+def _conditional_covariance_sum(conditioned: _Conditioned, weights: Array, tied: bool):
+    """Σ_n w_nk Eᵀ P_mm⁻¹ E per component (K, D, D), or summed for ``tied``.
+
+    From ``weights`` (K, n) (tied: (1, n)), as Σ_i (row i of L⁻¹E)ᵀ(row i of
+    L⁻¹E): the rows are built in D coordinates from the one-hot slots (a sum
+    over slots, see :func:`_inverse_columns`) and reduced over samples by
+    matrix products, where a scatter of the s×s blocks measured far slower.
+    """
+    columns = conditioned.columns
+    size = len(columns)
+    eye = jnp.eye(size, dtype=columns[0].dtype)[:, :, None, None]
+    inverse = _solve_columns(
+        columns, jnp.broadcast_to(eye, (size, *eye.shape[1:2], *columns[0].shape[1:]))
+    )
+    onehot = conditioned.onehot.astype(inverse.dtype)  # (s, D, n)
+    total = 0
+    for i in range(size):
+        row = inverse[i, 0][:, None] * onehot[0]  # (K, D, n)
+        for j in range(1, i + 1):
+            row = row + inverse[i, j][:, None] * onehot[j]
+        weighted = row * weights[:, None]
+        if tied:
+            total = total + jnp.einsum("kdn,ken->de", weighted, row)
+        else:
+            total = total + jnp.einsum("kdn,ken->kde", weighted, row)
+    return total
+
+
+def _matrix_missing_moments(X, observed, resp, means, prec_chol):
+    """Σ_n r_nk (x̂_nk − μ_k) (K, D), and Σ_n r_nk [(x̂ − μ_k)(x̂ − μ_k)ᵀ + C_nk].
+
+    Per component (K, D, D), or for tied covariances their sum over components
+    (D, D).
+    """
+    tied = prec_chol.ndim == 2
+    n_features = X.shape[1]
+
+    def compute(size, X, observed, resp):
+        conditioned = _condition(X, observed, means, prec_chol, size)
+        completed = _completed(conditioned)  # (K, D, n)
+        weighted = completed * resp.T[:, None, :]
+        sums = jnp.sum(weighted, axis=2)
+        if tied:
+            second = jnp.einsum("kdn,ken->de", weighted, completed)
+        else:
+            second = jnp.einsum("kdn,ken->kde", weighted, completed)
+        if size == 0:
+            return sums, second
+        weights = jnp.sum(resp, axis=1)[None] if tied else resp.T
+        return sums, second + _conditional_covariance_sum(conditioned, weights, tied)
+
+    sums, second = _by_missing_size(compute, X, observed, resp, n_features=n_features)
+    return jnp.sum(sums, axis=0), jnp.sum(second, axis=0)
+
+
+def _matrix_conditional_moments(X, observed, means, prec_chol):
+    """x̂_nk (N, K, D) and Cov[x | x_o, k] embedded in (N, K, D, D)."""
+    n_features = X.shape[1]
+    conditioned = _condition(X, observed, means, prec_chol, n_features)
+    completed = _completed(conditioned) + means[:, :, None]
+    inverse = _inverse_columns(conditioned.columns)  # (D, D, K or 1, n)
+    onehot = conditioned.onehot.astype(X.dtype)
+    covariance = jnp.einsum("sdn,stkn,ten->nkde", onehot, inverse, onehot)
+    covariance = jnp.broadcast_to(
+        covariance, (X.shape[0], *completed.shape[:2], n_features)
+    )
+    return jnp.moveaxis(completed, 2, 0), covariance
+
+
+def _diag_missing_mahalanobis(X, observed, means, precisions):
+    """Σ_{d∈o} p_kd (x_nd − μ_kd)² and ½ Σ_{d∈o} log p_kd, both (N, K)."""
+    data_t = X.T
+    observed_t = observed.T.astype(X.dtype)
+
+    def one_component(args):
+        mean_k, precision_k = args
+        return precision_k @ (observed_t * jnp.square(data_t - mean_k[:, None]))
+
+    maha = _map_components(one_component, (means, precisions), *X.shape).T
+    return maha, 0.5 * (observed_t.T @ jnp.log(precisions).T)
+
+
+def _diag_missing_moments(X, observed, resp, means, precisions):
+    """Σ r (x̂ − μ) and Σ r [(x̂ − μ)² + σ² on the missing features], (K, D) each."""
+    data_t = X.T
+    observed_t = observed.T.astype(X.dtype)
+
+    def one_component(args):
+        resp_k, mean_k, precision_k = args
+        centred = observed_t * (data_t - mean_k[:, None])
+        missing = (1 - observed_t) @ resp_k
+        return centred @ resp_k, (centred * centred) @ resp_k + missing / precision_k
+
+    return _map_components(one_component, (resp.T, means, precisions), *X.shape)
+
+
+def _diag_conditional_moments(X, observed, means, precisions):
+    """x̂_nk (N, K, D) and the conditional variances (N, K, D)."""
+    completed = jnp.where(observed[:, None, :], X[:, None, :], means[None])
+    variances = jnp.where(observed[:, None, :], 0, 1 / precisions[None])
+    return completed, variances
+
+
 class _Full:
     """One full covariance matrix per component."""
 
@@ -407,6 +774,31 @@ class _Full:
     def fill(variance, n_components: int, n_features: int, dtype) -> Array:
         eye = jnp.eye(n_features, dtype=dtype)
         return jnp.broadcast_to(variance * eye, (n_components, n_features, n_features))
+
+    # Missing values (NaN entries of X, given as zeros and a mask)
+
+    @staticmethod
+    def missing_mahalanobis(X, observed, means, prec_chol):
+        """Observed-block Mahalanobis terms and ½ log|Σ_k,oo⁻¹|, (N, K) each."""
+        return _matrix_missing_mahalanobis(X, observed, means, prec_chol)
+
+    @staticmethod
+    def missing_second_moments(X, observed, resp, means, prec_chol):
+        """Statistics of the completed data, centred at the conditioning means."""
+        return _matrix_missing_moments(X, observed, resp, means, prec_chol)
+
+    @staticmethod
+    def conditional_moments(X, observed, means, prec_chol):
+        """E[x | x_o, k] (N, K, D) and Cov[x | x_o, k] (N, K, D, D)."""
+        return _matrix_conditional_moments(X, observed, means, prec_chol)
+
+    @staticmethod
+    def expected_mahalanobis(completed, cond_cov, means, prec_chol):
+        """E[(x − μ_k)ᵀ Σ_k⁻¹ (x − μ_k)] = maha(x̂) + tr(Σ_k⁻¹ C), (N, K)."""
+        projected = jnp.einsum("nkd,kde->nke", completed - means, prec_chol)
+        precision = prec_chol @ _t(prec_chol)
+        trace = jnp.einsum("kde,nkde->nk", precision, cond_cov)
+        return jnp.sum(jnp.square(projected), axis=-1) + trace
 
     # MAP with a normal-inverse-Wishart prior
 
@@ -632,6 +1024,38 @@ class _Tied:
     def fill(variance, n_components: int, n_features: int, dtype) -> Array:
         return variance * jnp.eye(n_features, dtype=dtype)
 
+    # Missing values (NaN entries of X, given as zeros and a mask)
+
+    @staticmethod
+    def missing_mahalanobis(X, observed, means, prec_chol):
+        """Observed-block Mahalanobis terms and ½ log|Σ_oo⁻¹|, (N, K) each."""
+        return _matrix_missing_mahalanobis(X, observed, means, prec_chol)
+
+    @staticmethod
+    def missing_second_moments(X, observed, resp, means, prec_chol):
+        """Statistics of the completed data, centred at the conditioning means.
+
+        The completed samples differ between components, so the pooled scatter
+        is summed over components directly and the Gram matrix is zero.
+        """
+        sums, scatter = _matrix_missing_moments(X, observed, resp, means, prec_chol)
+        n_components = means.shape[0]
+        gram = jnp.zeros((n_components, n_components), resp.dtype)
+        return sums, (scatter, gram)
+
+    @staticmethod
+    def conditional_moments(X, observed, means, prec_chol):
+        """E[x | x_o, k] (N, K, D) and Cov[x | x_o, k] (N, K, D, D)."""
+        return _matrix_conditional_moments(X, observed, means, prec_chol)
+
+    @staticmethod
+    def expected_mahalanobis(completed, cond_cov, means, prec_chol):
+        """E[(x − μ_k)ᵀ Σ⁻¹ (x − μ_k)] = maha(x̂) + tr(Σ⁻¹ C), (N, K)."""
+        projected = (completed - means) @ prec_chol
+        precision = prec_chol @ _t(prec_chol)
+        trace = jnp.einsum("de,nkde->nk", precision, cond_cov)
+        return jnp.sum(jnp.square(projected), axis=-1) + trace
+
     # MAP with a normal-inverse-Wishart prior
 
     @staticmethod
@@ -778,6 +1202,32 @@ class _Diag:
     @staticmethod
     def fill(variance, n_components: int, n_features: int, dtype) -> Array:
         return jnp.full((n_components, n_features), variance, dtype=dtype)
+
+    # Missing values (NaN entries of X, given as zeros and a mask)
+
+    @staticmethod
+    def missing_mahalanobis(X, observed, means, prec_chol):
+        """Σ_{d∈o} (x_d − μ_kd)²/σ²_kd and ½ Σ_{d∈o} log σ⁻²_kd, (N, K) each."""
+        precisions = jnp.broadcast_to(jnp.square(prec_chol).T, means.shape[::-1]).T
+        return _diag_missing_mahalanobis(X, observed, means, precisions)
+
+    @staticmethod
+    def missing_second_moments(X, observed, resp, means, prec_chol):
+        """Statistics of the completed data (σ²_kd added where x_d is missing)."""
+        precisions = jnp.broadcast_to(jnp.square(prec_chol).T, means.shape[::-1]).T
+        return _diag_missing_moments(X, observed, resp, means, precisions)
+
+    @staticmethod
+    def conditional_moments(X, observed, means, prec_chol):
+        """E[x | x_o, k] (N, K, D) and the conditional variances (N, K, D)."""
+        precisions = jnp.broadcast_to(jnp.square(prec_chol).T, means.shape[::-1]).T
+        return _diag_conditional_moments(X, observed, means, precisions)
+
+    @staticmethod
+    def expected_mahalanobis(completed, cond_cov, means, prec_chol):
+        """E[Σ_d (x_d − μ_kd)²/σ²_kd] over the conditional distribution, (N, K)."""
+        precisions = jnp.broadcast_to(jnp.square(prec_chol).T, means.shape[::-1]).T
+        return jnp.sum(precisions * (jnp.square(completed - means) + cond_cov), -1)
 
     # MAP with a normal-inverse-Wishart prior restricted to diagonal Σ_k
 
@@ -931,6 +1381,13 @@ class _Spherical:
     @staticmethod
     def fill(variance, n_components: int, n_features: int, dtype) -> Array:
         return jnp.full((n_components,), variance, dtype=dtype)
+
+    # Missing values: as for diagonal covariances, with σ²_k for every feature
+
+    missing_mahalanobis = staticmethod(_Diag.missing_mahalanobis)
+    missing_second_moments = staticmethod(_Diag.missing_second_moments)
+    conditional_moments = staticmethod(_Diag.conditional_moments)
+    expected_mahalanobis = staticmethod(_Diag.expected_mahalanobis)
 
     # MAP with a normal-inverse-Wishart prior restricted to Σ_k = σ²_k I
 

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmix.families import charts, covariance_kernels
+from jaxmix.families import fixed as fixing
 from jaxmix.families.base import Family, static
+from jaxmix.families.missing import split_missing
 from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
@@ -107,6 +109,7 @@ class Gaussian(Family):
     params_type = GaussianParams
     location_field = "means"
     centred_fit = True
+    fixable_fields = ("means", "covariances")
 
     covariance_type: str = static("full")
     reg_covar: Any = 1e-6
@@ -117,6 +120,7 @@ class Gaussian(Family):
     mean_precision: Any = None
     degrees_of_freedom: Any = None
     covariance_prior: Any = None
+    missing_values: bool = static(False)
 
     def __post_init__(self):
         covariance_kernels.check_settings(self.covariance_type, self.reg_covar)
@@ -177,8 +181,55 @@ class Gaussian(Family):
         """
         n_features = params.means.shape[-1]
         prec_chol = self.precisions_cholesky(params)
+        if self.missing_values:
+            return self._observed_log_density(params, prec_chol, X)
         origin = jnp.einsum("k,kd->d", params.weights, params.means)
         maha = self.kernel.mahalanobis(X, params.means, prec_chol, origin)
+        log_det = self.kernel.log_det_precision_cholesky(prec_chol, n_features)
+        return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
+
+    def _observed_log_density(self, params, prec_chol, X):
+        r"""log N(x_o | μ_k,o, Σ_k,oo) over each sample's observed features o.
+
+        The Mahalanobis term and log-determinant of the observed block come
+        from the precision and the missing block (see the kernels' missing
+        values section); a sample with nothing observed has density 1.
+        """
+        values, observed = split_missing(X)
+        maha, log_det = self.kernel.missing_mahalanobis(
+            values, observed, params.means, prec_chol
+        )
+        n_observed = jnp.sum(observed, axis=1, dtype=X.dtype)[:, None]
+        return -0.5 * (n_observed * math.log(2 * math.pi) + maha) + log_det
+
+    def expected_log_density(self, params, reference, X: Array) -> Array:
+        r"""E[log N(x | μ_k, Σ_k)] over x_m ~ p(x_m | x_o, k, θ_old), (N, K).
+
+        With x̂_nk and C_nk the conditional mean and covariance of the
+        missing entries under component k of ``reference`` (θ_old),
+
+        .. math::
+            E[\log N(x; μ_k, Σ_k)] = \log N(x̂_{nk}; μ_k, Σ_k)
+                − ½ \mathrm{tr}(Σ_k^{-1} C_{nk}),
+
+        the per-sample term of Q(θ | θ_old) that the missing-data M-step
+        maximises; the log density itself for complete data.
+        """
+        if not self.missing_values:
+            return self.log_component_density(params, X)
+        reference = jax.lax.stop_gradient(reference)
+        values, observed = split_missing(X)
+        completed, cond_cov = self.kernel.conditional_moments(
+            values,
+            observed,
+            reference.means,
+            self.kernel.precisions_cholesky(reference.covariances),
+        )
+        n_features = params.means.shape[-1]
+        prec_chol = self.precisions_cholesky(params)
+        maha = self.kernel.expected_mahalanobis(
+            completed, cond_cov, params.means, prec_chol
+        )
         log_det = self.kernel.log_det_precision_cholesky(prec_chol, n_features)
         return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
 
@@ -196,6 +247,8 @@ class Gaussian(Family):
 
     def reference(self, X: Array, resp: Array) -> GaussianParams:
         """Parameters to centre the statistics at when there are none yet."""
+        if self.missing_values:
+            return super().reference(X, resp)
         counts = guarded_counts(jnp.sum(resp, axis=0))
         means = (resp.T @ X) / counts[:, None]
         n_components, n_features = means.shape
@@ -205,8 +258,21 @@ class Gaussian(Family):
     def statistics(
         self, params: GaussianParams, X: Array, resp: Array
     ) -> GaussianStats:
-        """Sufficient statistics of weighted responsibilities, centred at the means."""
+        """Sufficient statistics of weighted responsibilities, centred at the means.
+
+        With missing values, each sample is completed per component by the
+        conditional mean x̂_nk of its missing entries, and the conditional
+        covariance C_nk is added to its second moments:
+        Σ_n r_nk (x̂_nk − μ_k) and Σ_n r_nk [(x̂_nk − μ_k)(x̂_nk − μ_k)ᵀ + C_nk]
+        (diagonal for ``diag`` and ``spherical``: σ²_kd on missing features).
+        """
         shift = params.means
+        if self.missing_values:
+            values, observed = split_missing(X)
+            sums, second = self.kernel.missing_second_moments(
+                values, observed, resp, shift, self.precisions_cholesky(params)
+            )
+            return GaussianStats(jnp.sum(resp, axis=0), sums, second)
         sums, second = self.kernel.second_moments(X, resp, shift)
         return GaussianStats(jnp.sum(resp, axis=0), sums, second)
 
@@ -279,6 +345,97 @@ class Gaussian(Family):
             counts, self.weight_concentration, self.uniform_weights
         )
         return GaussianParams(weights, means, covariances)
+
+    def check_fixed(self, fixed: GaussianParams) -> None:
+        """Fixed means and covariances must follow the covariance's coupling.
+
+        With ``full`` or ``tied`` covariances a component's mean is fixed as a
+        whole (a partly fixed mean couples its free entries to the
+        covariance) and so is each covariance matrix; ``diag`` and
+        ``spherical`` fix any entries.
+        """
+        super().check_fixed(fixed)
+        if self.kernel.diagonal:
+            return
+        name = f"Gaussian(covariance_type={self.covariance_type!r})"
+        if not fixing.constant_over(fixed.means, (1,)):
+            raise ValueError(
+                f"{name} can hold a component's mean fixed only as a whole (all "
+                "its features): the free entries of a partly fixed mean are "
+                "coupled to the covariance. Fix whole rows of 'means', or use "
+                "covariance_type 'diag' or 'spherical'"
+            )
+        if not fixing.constant_over(fixed.covariances, (-2, -1)):
+            raise ValueError(
+                f"{name} can hold a covariance matrix fixed only as a whole, not "
+                "some of its entries"
+            )
+
+    def constrained_m_step(
+        self, stats: GaussianStats, params: GaussianParams, fixed: GaussianParams
+    ) -> GaussianParams:
+        r"""The (MAP) M-step with the entries of ``fixed`` held at ``params``.
+
+        Free means are the unconstrained ones (their maximiser does not depend
+        on the covariances, with or without the normal-inverse-Wishart
+        prior); fixed entries of any field are kept bit for bit, and the free
+        weights share the mass the fixed ones leave (:meth:`hold_fixed`). A
+        free covariance is centred at its component's mean μ_k, fixed or free:
+        maximum likelihood gives
+
+        .. math::
+            Σ_k = \frac{1}{N_k} Σ_n r_{nk} (x_n − μ_k)(x_n − μ_k)ᵀ + \text{reg}·I
+
+        (tied: Σ_k Σ_n r_nk (x_n − μ_k)(x_n − μ_k)ᵀ / N; diag and spherical
+        entry by entry), and MAP, with :math:`S_k(μ_k)` the scatter around μ_k,
+
+        .. math::
+            Σ_k = \frac{Ψ₀ + S_k(μ_k) + κ₀ (μ_k − m₀)(μ_k − m₀)ᵀ}{ν₀ + N_k + D + 2}
+
+        (tied, diag, spherical: the denominators of :meth:`m_step`). For a free
+        mean, :math:`S_k(μ_k) + κ₀ (μ_k − m₀)(μ_k − m₀)ᵀ = S_k + c_k d_k d_kᵀ`:
+        the joint mode of :meth:`m_step`. The statistics are centred at the
+        current means, which for a fixed mean are its fixed value, so its
+        covariance is the centred second moment over N_k.
+        """
+        free = self.m_step(stats, params)
+        if self.variance is not None:
+            return self.hold_fixed(free, params, fixed)
+        counts = guarded_counts(stats.counts)
+        delta = stats.sums / counts[:, None]
+        # The covariance's centre relative to the statistics' shift: zero for
+        # a fixed mean (the shift), the weighted mean's offset for a free one.
+        move = jnp.where(fixed.means, 0, delta)
+        shift = params.means
+        n_components, n_features = shift.shape
+        total = jnp.sum(counts)
+        if self.has_covariance_prior:
+            kappa = self.mean_precision
+            scatter_cov = self.kernel.covariances(
+                stats.second, counts, move, total, 0.0, shift
+            )
+            # The prior's pull c_k d_kᵀd_k for a free mean, κ₀ (μ − m₀)ᵀ(μ − m₀)
+            # for a fixed one, entry by entry as sqrt(weight)·deviation.
+            offset = shift - self.mean_prior
+            shrink = kappa * counts / (kappa + counts)
+            weight = jnp.where(fixed.means, kappa, shrink[:, None])
+            deviation = jnp.sqrt(weight) * jnp.where(
+                fixed.means, offset, offset + delta
+            )
+            covariances = self.kernel.map_covariances(
+                scatter_cov,
+                counts,
+                deviation,
+                total,
+                jnp.ones_like(counts),
+                self.covariance_prior,
+                self.degrees_of_freedom,
+            ) + self.kernel.fill(self.reg_covar, n_components, n_features, shift.dtype)
+        else:
+            covariances = self.kernel.covariances(
+                stats.second, counts, move, total, self.reg_covar, shift
+            )
+        return self.hold_fixed(free._replace(covariances=covariances), params, fixed)
 
     def log_prior(self, params: GaussianParams) -> Array:
         r"""Log prior density of the parameters, normalised (zero for ML).

@@ -54,3 +54,31 @@ def log_dirichlet(weights: Array, concentration, uniform: bool) -> Array:
         - jnp.sum(gammaln(alpha))
         + jnp.sum(xlogy(alpha - 1, weights))
     )
+
+
+def update_weights_fixed(new_weights: Array, weights: Array, fixed: Array) -> Array:
+    r"""Weights with the entries where ``fixed`` is True held at ``weights``.
+
+    The free weights share the mass the fixed ones leave, in proportion to
+    their (prior-shifted) counts:
+
+    .. math::
+        π_k = \Big(1 − Σ_{j \text{ fixed}} π_j\Big)
+              \frac{N_k + α_k − 1}{Σ_{j \text{ free}} (N_j + α_j − 1)},
+
+    the maximiser of :math:`Σ_k (N_k + α_k − 1) \log π_k` over the free weights
+    on the scaled simplex (α = 1: maximum likelihood). The unconstrained
+    (MAP) weights :func:`update_weights_map` are proportional to
+    :math:`N_k + α_k − 1`, so they are rescaled here. Fixed entries are
+    ``weights``' own, bit for bit.
+
+    Args:
+      new_weights: the unconstrained M-step's weights, (K,).
+      weights: the current weights, holding the fixed values, (K,).
+      fixed: boolean mask of fixed weights, (K,).
+    """
+    free_mass = 1 - jnp.sum(jnp.where(fixed, weights, 0))
+    total = jnp.sum(jnp.where(fixed, 0, new_weights))
+    # All weights fixed: no free mass to share (and no 0/0 in the unused branch).
+    total = jnp.where(total > 0, total, 1)
+    return jnp.where(fixed, weights, free_mass * (new_weights / total))

@@ -21,6 +21,7 @@ from jax.scipy.special import gammaln, xlogy
 
 from jaxmix.families import charts
 from jaxmix.families.base import Family, static
+from jaxmix.families.missing import completed, missing_counts, split_missing
 from jaxmix.families.mixing import (
     guarded_counts,
     log_dirichlet,
@@ -142,10 +143,13 @@ class Poisson(Family):
 
     params_type = PoissonParams
     location_field = "rates"
+    # Each λ_kd has its own maximiser: its entries can be held fixed.
+    fixable_fields = ("rates",)
 
     weight_concentration: Any = None
     rate_prior: Any = None
     uniform_weights: bool = static(False)
+    missing_values: bool = static(False)
 
     def __post_init__(self):
         _check_priors(self.weight_concentration, self.rate_prior)
@@ -165,7 +169,9 @@ class Poisson(Family):
         return {**free, "rates": LogRate}
 
     def check_data(self, X) -> None:
-        """Counts only: non-negative integers."""
+        """Counts only: non-negative integers (NaN too, with missing values)."""
+        if self.missing_values:
+            X = X[~np.isnan(X)]
         if X.size == 0:
             return
         low = X.min()
@@ -192,22 +198,56 @@ class Poisson(Family):
         rates = params.rates
         positive = rates > 0
         log_rates = safe_log(rates, positive)
+        if self.missing_values:
+            # Observed counts only: a missing entry (0 here) adds no rate.
+            X, observed = split_missing(X)
+            total_rates = observed.astype(X.dtype) @ rates.T
+        else:
+            total_rates = jnp.sum(rates, axis=1)[None, :]
         log_density = (
-            X @ log_rates.T
-            - jnp.sum(rates, axis=1)[None, :]
-            - jnp.sum(gammaln(X + 1), axis=1)[:, None]
+            X @ log_rates.T - total_rates - jnp.sum(gammaln(X + 1), axis=1)[:, None]
         )
         impossible = X @ (~positive).T.astype(X.dtype)
         return jnp.where(impossible > 0, -jnp.inf, log_density)
 
     def reference(self, X: Array, resp: Array) -> PoissonParams:
         """A valid point for these responsibilities (the statistics need none)."""
+        if self.missing_values:
+            return super().reference(X, resp)
         return self.m_step(self.statistics(None, X, resp), None)
 
     def statistics(self, params, X: Array, resp: Array) -> PoissonStats:
-        """Counts and responsibility-weighted sums; ``params`` is not needed."""
+        """Counts and responsibility-weighted sums.
+
+        ``params`` is not needed for complete data; with missing values a
+        missing count counts as its expected value λ_kd under ``params``.
+        """
+        if self.missing_values:
+            values, observed = split_missing(X)
+            guesses = params.rates * missing_counts(observed, resp)
+            return PoissonStats(jnp.sum(resp, axis=0), resp.T @ values + guesses)
         del params
         return PoissonStats(jnp.sum(resp, axis=0), resp.T @ X)
+
+    def expected_log_density(self, params, reference, X: Array) -> Array:
+        r"""E[log p(x | λ_k)] with each missing count ~ Poisson(λ_old,kd), (N, K).
+
+        Up to E[log x_d!] of the missing counts, which does not depend on λ:
+        Σ_d x̂_nkd log λ_kd − λ_kd − Σ_{d observed} log x_nd!, with x̂ the
+        completed counts (missing ones replaced by ``reference``'s λ_kd).
+        """
+        if not self.missing_values:
+            return self.log_component_density(params, X)
+        values, observed = split_missing(X)
+        guesses = jax.lax.stop_gradient(reference.rates)
+        filled = completed(values, observed, guesses)
+        rates = params.rates
+        log_rates = safe_log(rates, rates > 0)
+        return (
+            jnp.einsum("nkd,kd->nk", filled, log_rates)
+            - jnp.sum(rates, axis=1)[None, :]
+            - jnp.sum(gammaln(values + 1), axis=1)[:, None]
+        )
 
     def m_step(self, stats: PoissonStats, params) -> PoissonParams:
         r"""Closed-form (MAP) M-step.
