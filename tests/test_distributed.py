@@ -132,6 +132,26 @@ _THREE_DEVICES = textwrap.dedent(
     moved = re.findall(r"(all-gather|all-to-all)(?:-start)?\\(", hlo)
     assert "all-reduce" in hlo and not moved, moved
 
+    # Missing values: the same fit on sharded data with NaN entries (the
+    # rows are ordered by their count of missing entries inside the program).
+    gaps = np.where(rng.random(X.shape) < 0.2, np.nan, X)
+    gaps[np.isnan(gaps).all(axis=1), 0] = X[np.isnan(gaps).all(axis=1), 0]
+    missing = jaxmix.families.Gaussian("full", missing_values=True)
+    local = jaxmix.fit(missing, jnp.asarray(gaps), start, max_iter=20, tol=-1.0)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = np.r_[gaps, gaps[:2]]  # 603 rows: two padding rows of weight 0
+    weights = np.r_[np.ones(601), np.zeros(2)]
+    placed = jax.device_put(rows, NamedSharding(mesh, PartitionSpec("data", None)))
+    w = jax.device_put(weights, NamedSharding(mesh, PartitionSpec("data")))
+    assert len(placed.sharding.device_set) == 3
+    sharded = jaxmix.fit(missing, placed, start, max_iter=20, tol=-1.0,
+                         sample_weight=w, chunk_size=67)
+    for a, b in zip(local.params, sharded.params):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(local.log_likelihood, sharded.log_likelihood,
+                               rtol=1e-12)
+
     print("OK")
     """
 )
