@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmix.engine import generalized
-from jaxmix.families import charts
+from jaxmix.families import charts, mixing
 from jaxmix.families import fixed as fixing
 from jaxmix.families.assignment import first_argmax
 from jaxmix.families.missing import observed_mean, rows_by_missing_count
@@ -73,9 +73,7 @@ def log_joint(family, params, X: Array) -> Array:
     A component of weight exactly zero gets −inf, whatever its density (which
     may be undefined for a masked component), so it takes no responsibility.
     """
-    active = params.weights > 0
-    log_prob = family.log_component_density(params, X) + jnp.log(params.weights)
-    return jnp.where(active, log_prob, -jnp.inf)
+    return mixing.log_joint(family.log_component_density(params, X), params.weights)
 
 
 def keep_zero_weights(new_params, params):
@@ -110,13 +108,13 @@ def e_step(family, params, X: Array, *, hard: bool = False) -> tuple[Array, Arra
       ``(resp, log_norm)``: responsibilities (N, K), rows summing to one, and the
       per-sample log-likelihood log p(x_n) (hard mode: max_k log joint).
     """
+    if not hard:
+        log_density = family.log_component_density(params, X)
+        return mixing.posterior(log_density, params.weights)
     log_prob = log_joint(family, params, X)
-    if hard:
-        labels = first_argmax(log_prob)
-        resp = jax.nn.one_hot(labels, log_prob.shape[1], dtype=log_prob.dtype)
-        return resp, jnp.max(log_prob, axis=1)
-    log_norm = jax.nn.logsumexp(log_prob, axis=1)
-    return jnp.exp(log_prob - log_norm[:, None]), log_norm
+    labels = first_argmax(log_prob)
+    resp = jax.nn.one_hot(labels, log_prob.shape[1], dtype=log_prob.dtype)
+    return resp, jnp.max(log_prob, axis=1)
 
 
 def m_step(
@@ -183,10 +181,7 @@ def _pass(family, params, X, weights, hard):
         best = jnp.max(log_prob, axis=1)
         stats = family.hard_statistics(params, X, labels, weights, best)
         return stats, jnp.sum(weights * best)
-    resp, log_norm = e_step(family, params, X, hard=hard)
-    resp = resp * weights[:, None]
-    stats = family.statistics(params, X, resp)
-    return stats, jnp.sum(weights * log_norm)
+    return family.posterior_statistics(params, X, weights)
 
 
 def _responsibility_pass(family, params, data, weights, hard):

@@ -67,6 +67,7 @@ import numpy as np
 
 from jaxmix.engine.generalized import GeneralizedMStep
 from jaxmix.families import fixed as fixing
+from jaxmix.families import mixing
 from jaxmix.families.missing import fill_missing
 from jaxmix.families.mixing import update_weights_fixed
 
@@ -195,6 +196,19 @@ class Family(abc.ABC):
         raise NotImplementedError(
             f"{type(self).__name__} has no closed-form M-step, hence no statistics"
         )
+
+    def posterior_statistics(self, params, X: Array, weights: Array):
+        """One E-step over a block and its statistics: ``(stats, Σ_n w_n log p(x_n))``.
+
+        The responsibilities at ``params`` times the sample ``weights`` (N,)
+        give :meth:`statistics` centred at ``params``. A family whose density
+        and statistics share costly work (conditioning on observed features,
+        say) overrides this to do that work once per block.
+        """
+        log_density = self.log_component_density(params, X)
+        resp, log_norm = mixing.posterior(log_density, params.weights)
+        stats = self.statistics(params, X, resp * weights[:, None])
+        return stats, jnp.sum(weights * log_norm)
 
     def m_step(self, stats, params):
         """The closed-form (MAP) maximiser of Q given the statistics.

@@ -359,8 +359,8 @@ def _condition_masked_diagonal(means, variances, residual, mask):
 # Only the missing block is factored. Each row's missing features are listed
 # in slots 0, 1, ..., padded to a static size s (a padded slot is an identity
 # row and column of P_mm); P_mm is gathered from P and factored by a Cholesky
-# written out over the s slots, one vectorised operation per step for all rows
-# and components (batched LAPACK calls of tiny matrices are slow on CPU). The
+# written out entry by entry, each entry one array over all rows and
+# components (batched LAPACK calls of tiny matrices are slow on CPU). The
 # rows of L⁻¹ E, with E the slots' one-hot rows (s, D), give the conditional
 # covariance in D×D coordinates (Eᵀ P_mm⁻¹ E = (L⁻¹E)ᵀ (L⁻¹E)), whose sum over
 # rows is then a matrix product.
@@ -394,30 +394,79 @@ def _missing_sizes(n_features: int) -> tuple[int, ...]:
     return tuple(s for s in sizes if s < n_features) + (n_features,)
 
 
-def _columns_cholesky(block: Array) -> list[Array]:
-    """Lower Cholesky factors of matrices (s, s, ...), as columns L[j:, j]."""
-    columns = []
-    for _ in range(block.shape[0]):
-        column = block[:, 0] / jnp.sqrt(block[0, 0])
-        columns.append(column)
-        block = block[1:, 1:] - column[1:, None] * column[None, 1:]
-    return columns
+def _barrier(entries: list[Array]) -> list[Array]:
+    """The entries, computed before anything that uses them.
 
-
-def _solve_columns(columns: list[Array], rhs: Array) -> Array:
-    """L⁻¹ b for the factors of :func:`_columns_cholesky` and b (s, ...).
-
-    ``rhs`` may have more axes than the factors, after its first: (s, r, ...)
-    solves for r right-hand sides at once.
+    XLA copies cheap elementwise producers into each consumer's fused loop;
+    along the chain of a factorisation that repeats the earlier steps in every
+    later one (the statistics of a block measured 3-4x slower at s = 4-8 on a
+    2-core CPU without the barriers).
     """
-    extra = rhs.ndim - columns[0].ndim
+    return list(jax.lax.optimization_barrier(tuple(entries)))
+
+
+def _cholesky_entries(block) -> list[list[Array]]:
+    """Lower Cholesky factors of s×s matrices given entry by entry.
+
+    ``block[i][j]`` (i ≥ j is read) holds entry (i, j) of every matrix, an
+    array over rows and components; ``L[i][j]`` (j ≤ i) likewise. Written per
+    entry, every step is one fused loop over the matrices.
+    """
+    size = len(block)
+    factor = [[None] * (i + 1) for i in range(size)]
+    for j in range(size):
+        pivot = block[j][j]
+        for k in range(j):
+            pivot = pivot - factor[j][k] * factor[j][k]
+        factor[j][j] = jnp.sqrt(pivot)
+        inverse = 1 / factor[j][j]
+        for i in range(j + 1, size):
+            value = block[i][j]
+            for k in range(j):
+                value = value - factor[i][k] * factor[j][k]
+            factor[i][j] = value * inverse
+        column = _barrier([factor[i][j] for i in range(j, size)])
+        for i in range(j, size):
+            factor[i][j] = column[i - j]
+    return factor
+
+
+def _forward_entries(factor, rhs: list[Array]) -> list[Array]:
+    """L⁻¹ b, entry by entry, for a factor of :func:`_cholesky_entries`."""
     solution = []
-    for column in columns:
-        column = column.reshape(column.shape[:1] + (1,) * extra + column.shape[1:])
-        value = rhs[0] / column[0]
-        solution.append(value)
-        rhs = rhs[1:] - column[1:] * value
-    return jnp.stack(solution)
+    for i, row in enumerate(factor):
+        value = rhs[i]
+        for k in range(i):
+            value = value - row[k] * solution[k]
+        solution.append(_barrier([value / row[i]])[0])
+    return solution
+
+
+def _backward_entries(factor, rhs: list[Array]) -> list[Array]:
+    """L⁻ᵀ b, entry by entry, for a factor of :func:`_cholesky_entries`."""
+    size = len(factor)
+    solution = [None] * size
+    for i in reversed(range(size)):
+        value = rhs[i]
+        for k in range(i + 1, size):
+            value = value - factor[k][i] * solution[k]
+        solution[i] = _barrier([value / factor[i][i]])[0]
+    return solution
+
+
+def _inverse_lower(factor) -> list[list[Array]]:
+    """L⁻¹ entry by entry (j ≤ i), for a factor of :func:`_cholesky_entries`."""
+    size = len(factor)
+    lower = [[None] * (i + 1) for i in range(size)]
+    for i in range(size):
+        lower[i][i] = 1 / factor[i][i]
+        for j in range(i):
+            value = factor[i][j] * lower[j][j]
+            for k in range(j + 1, i):
+                value = value + factor[i][k] * lower[k][j]
+            lower[i][j] = -value * lower[i][i]
+        lower[i] = _barrier(lower[i])
+    return lower
 
 
 def _missing_slots(observed: Array, size: int) -> tuple[Array, Array]:
@@ -437,14 +486,60 @@ class _Conditioned(NamedTuple):
     """One block of rows conditioned on its observed features, per component.
 
     Rows run along the last axis; ``K`` is 1 for a tied covariance's factors.
+    With L Lᵀ = P_mm and g = (P (x_f − μ_k))_m in slot order:
     """
 
     centred: Array  # (K, D, n)  x_f − μ_k, with x_f zero on the missing entries
     whitened: Array  # (K, D, n)  Uᵀ (x_f − μ_k)
-    solved: Array | None  # (s, K, n)  L⁻¹ g, g = (P (x_f − μ_k))_m in slot order
-    columns: list | None  # the factor L of P_mm, as columns (s − j, K, n)
+    solved: Array | None  # (s, K, n)  L⁻¹ g
+    half: Array | None  # (K, n)  ½ log|P_mm| = Σ log L_ii
+    move: Array | None  # (s, K, n)  P_mm⁻¹ g = x_f,m − E[x_m | x_o]
+    inverse: Array | None  # (s, s, K, n)  L⁻¹ (zero above the diagonal)
     onehot: Array | None  # (s, D, n)  the slots' missing features
     index: Array | None  # (s, n)  their indices
+
+
+def _factor_by_entries(block: Array, gradient: Array):
+    """:class:`_Conditioned`'s factor terms from P_mm (K, s, s, n) and g (K, s, n).
+
+    Entry by entry (:func:`_cholesky_entries`): for the small sizes, where it
+    is fastest; its code grows as s³.
+    """
+    size = block.shape[1]
+    factor = _cholesky_entries(
+        [[block[:, i, j] for j in range(i + 1)] for i in range(size)]
+    )
+    solved = _forward_entries(factor, [gradient[:, i] for i in range(size)])
+    move = _backward_entries(factor, solved)
+    half = sum(jnp.log(row[-1]) for row in factor)
+    zero = jnp.zeros_like(half)
+    inverse = [row + [zero] * (size - len(row)) for row in _inverse_lower(factor)]
+    stack = jnp.stack
+    return stack(solved), half, stack(move), stack([stack(row) for row in inverse])
+
+
+def _factor_by_lapack(block: Array, gradient: Array):
+    """:func:`_factor_by_entries` by batched LAPACK calls: for s up to D.
+
+    Slower per matrix than the entries at small s, but its code does not grow
+    with s (the entries took minutes to compile at s = 30); sub-blocks this
+    large are rare once rows are ordered by their count of missing features.
+    """
+    size = block.shape[1]
+    lower = jnp.linalg.cholesky(jnp.moveaxis(block, 3, 1))  # (K, n, s, s)
+    rhs = jnp.moveaxis(gradient, 2, 1)[..., None]  # (K, n, s, 1)
+    solve = jax.scipy.linalg.solve_triangular
+    solved = solve(lower, rhs, lower=True)
+    move = solve(lower, solved, lower=True, trans="T")[..., 0]
+    eye = jnp.broadcast_to(jnp.eye(size, dtype=block.dtype), lower.shape)
+    inverse = solve(lower, eye, lower=True)  # (K, n, s, s)
+    half = jnp.sum(jnp.log(jnp.diagonal(lower, axis1=2, axis2=3)), axis=2)
+    return (
+        jnp.moveaxis(solved[..., 0], 2, 0),
+        half,
+        jnp.moveaxis(move, 2, 0),
+        jnp.moveaxis(inverse, (2, 3), (0, 1)),
+    )
 
 
 def _stacked_product(matrices: Array, data_t: Array, means: Array) -> Array:
@@ -475,21 +570,23 @@ def _condition(X, observed, means, prec_chol, size: int) -> _Conditioned:
     centred = data_t[None] - means[:, :, None]  # (K, D, n)
     whitened = _stacked_product(_t(prec_chol), data_t, means)  # Uᵀ (x_f − μ_k)
     if size == 0:
-        return _Conditioned(centred, whitened, None, None, None, None)
-    onehot, index = _missing_slots(observed, size)
+        return _Conditioned(centred, whitened, *(None,) * 6)
+    onehot, index = _barrier(_missing_slots(observed, size))
     precision = prec_chol @ _t(prec_chol)  # (K or 1, D, D)
     gradient = _stacked_product(precision, data_t, means)  # P (x_f − μ_k)
     gradient = jnp.take_along_axis(gradient, index[None], axis=1)  # (K, s, n)
     used = jnp.any(onehot, axis=1)  # (s, n)
-    gradient = jnp.where(used[:, None], jnp.moveaxis(gradient, 1, 0), 0)  # (s, K, n)
+    gradient = jnp.where(used[None], gradient, 0)
     flat = index[:, None, :] * n_features + index[None, :, :]  # (s, s, n)
     block = jnp.take(precision.reshape(precision.shape[0], -1), flat, axis=1)
     both = used[:, None] & used[None, :]
-    eye = jnp.eye(size, dtype=X.dtype)[:, :, None, None]
-    block = jnp.where(both[:, :, None], jnp.moveaxis(block, 0, 2), eye)  # (s, s, K, n)
-    columns = _columns_cholesky(block)
-    solved = _solve_columns(columns, gradient)
-    return _Conditioned(centred, whitened, solved, columns, onehot, index)
+    eye = jnp.eye(size, dtype=X.dtype)[:, :, None]
+    block = jnp.where(both, block, eye)  # (K, s, s, n); padded slots: identity
+    if size <= _LARGEST_SMALL_SIZE:
+        terms = _factor_by_entries(block, gradient)
+    else:
+        terms = _factor_by_lapack(block, gradient)
+    return _Conditioned(centred, whitened, *terms, onehot, index)
 
 
 def _observed_terms(conditioned: _Conditioned):
@@ -501,39 +598,7 @@ def _observed_terms(conditioned: _Conditioned):
     if conditioned.solved is None:
         return maha, jnp.zeros((1, 1), maha.dtype)
     maha = maha - jnp.sum(jnp.square(conditioned.solved), axis=0)
-    half = sum(jnp.log(column[0]) for column in conditioned.columns)
-    return jnp.maximum(maha, 0), half
-
-
-def _solve_columns_transposed(columns: list[Array], rhs: Array) -> Array:
-    """L⁻ᵀ b for the factors of :func:`_columns_cholesky` and b (s, ...)."""
-    size = len(columns)
-    solution = [None] * size
-    for j in reversed(range(size)):
-        value = rhs[j]
-        if j + 1 < size:
-            later = jnp.stack(solution[j + 1 :])
-            value = value - jnp.sum(columns[j][1:] * later, axis=0)
-        solution[j] = value / columns[j][0]
-    return jnp.stack(solution)
-
-
-def _inverse_columns(columns: list[Array]) -> Array:
-    """P_mm⁻¹ = L⁻ᵀ L⁻¹ (s, s, ...) for the factors of :func:`_columns_cholesky`."""
-    size = len(columns)
-    eye = jnp.eye(size, dtype=columns[0].dtype).reshape(
-        (size, size) + (1,) * (columns[0].ndim - 1)
-    )
-    rhs = jnp.broadcast_to(eye, (size, size, *columns[0].shape[1:]))
-    inverse = _solve_columns(columns, rhs)  # L⁻¹ (s, s, ...), row i in [i]
-    # A sum of outer products, one per row of L⁻¹: an einsum with the rows as
-    # batch axes becomes a batched product of tiny matrices, and one broadcast
-    # product over (s, s, s, ...) a fusion that recomputes its inputs; both
-    # measured several times slower on CPU.
-    total = inverse[0][:, None] * inverse[0][None, :]
-    for row in inverse[1:]:
-        total = total + row[:, None] * row[None, :]
-    return total
+    return jnp.maximum(maha, 0), conditioned.half
 
 
 def _by_missing_size(compute, X, observed, *per_row, n_features: int):
@@ -591,67 +656,102 @@ def _completed(conditioned: _Conditioned) -> Array:
     """x̂ − μ_k (K, D, n): x_f − μ_k moved by E[x_m | x_o] − 0 on the missing block."""
     if conditioned.solved is None:
         return conditioned.centred
-    move = -_solve_columns_transposed(conditioned.columns, conditioned.solved)
+    move = conditioned.move
     onehot = conditioned.onehot.astype(move.dtype)[:, None]  # (s, 1, D, n)
     completed = conditioned.centred
-    for slot in range(move.shape[0]):  # (a sum over s: see _inverse_columns)
-        completed = completed + onehot[slot] * move[slot][:, None]
+    for slot in range(move.shape[0]):
+        completed = completed - onehot[slot] * move[slot][:, None]
     return completed
 
 
-def _conditional_covariance_sum(conditioned: _Conditioned, weights: Array, tied: bool):
-    """Σ_n w_nk Eᵀ P_mm⁻¹ E per component (K, D, D), or summed for ``tied``.
+def _inverse_factor_rows(conditioned: _Conditioned) -> list[Array]:
+    """The rows of L⁻¹E in D coordinates, s arrays (K, D, n).
 
-    From ``weights`` (K, n) (tied: (1, n)), as Σ_i (row i of L⁻¹E)ᵀ(row i of
-    L⁻¹E): the rows are built in D coordinates from the one-hot slots (a sum
-    over slots, see :func:`_inverse_columns`) and reduced over samples by
-    matrix products, where a scatter of the s×s blocks measured far slower.
+    E holds the slots' one-hot rows, so Eᵀ P_mm⁻¹ E = Σ_i (row i)ᵀ (row i): the
+    conditional covariance of the missing block, placed in D×D.
     """
-    columns = conditioned.columns
-    size = len(columns)
-    eye = jnp.eye(size, dtype=columns[0].dtype)[:, :, None, None]
-    inverse = _solve_columns(
-        columns, jnp.broadcast_to(eye, (size, *eye.shape[1:2], *columns[0].shape[1:]))
-    )
-    onehot = conditioned.onehot.astype(inverse.dtype)  # (s, D, n)
-    total = 0
-    for i in range(size):
-        row = inverse[i, 0][:, None] * onehot[0]  # (K, D, n)
+    inverse = conditioned.inverse
+    onehot = conditioned.onehot.astype(inverse.dtype)
+    if inverse.shape[0] > _LARGEST_SMALL_SIZE:  # one operation, not s² of them
+        return list(jnp.einsum("ijkn,jdn->ikdn", inverse, onehot))
+    rows = []
+    for i in range(inverse.shape[0]):
+        row = inverse[i, 0][:, None] * onehot[0]
         for j in range(1, i + 1):
             row = row + inverse[i, j][:, None] * onehot[j]
-        weighted = row * weights[:, None]
-        if tied:
-            total = total + jnp.einsum("kdn,ken->de", weighted, row)
-        else:
-            total = total + jnp.einsum("kdn,ken->kde", weighted, row)
-    return total
+        rows.append(row)
+    return rows
 
 
-def _matrix_missing_moments(X, observed, resp, means, prec_chol):
+def _conditioned_moments(conditioned: _Conditioned, resp: Array, tied: bool):
     """Σ_n r_nk (x̂_nk − μ_k) (K, D), and Σ_n r_nk [(x̂ − μ_k)(x̂ − μ_k)ᵀ + C_nk].
 
     Per component (K, D, D), or for tied covariances their sum over components
-    (D, D).
+    (D, D); ``resp`` (n, K). C_nk = Σ_i (row i of L⁻¹E)ᵀ(row i of L⁻¹E)
+    (:func:`_inverse_factor_rows`) enters as s more columns per sample beside
+    x̂ − μ, so one matrix product gives the whole second moment (a scatter of
+    the s×s blocks measured several times slower on CPU).
     """
+    completed = _completed(conditioned)  # (K, D, n)
+    weights = resp.T[:, None, :]
+    columns = [completed]
+    if conditioned.solved is not None:
+        columns += _inverse_factor_rows(conditioned)
+    columns = _barrier(columns)
+    sums = jnp.sum(completed * weights, axis=2)
+    second = 0
+    for column in columns:
+        weighted = _barrier([column * weights])[0]
+        if tied:
+            second = second + jnp.einsum("kdn,ken->de", weighted, column)
+        else:
+            second = second + jnp.einsum("kdn,ken->kde", weighted, column)
+    return sums, second
+
+
+def _matrix_missing_moments(X, observed, resp, means, prec_chol):
+    """:func:`_conditioned_moments` over all rows, each conditioned at ``means``."""
     tied = prec_chol.ndim == 2
-    n_features = X.shape[1]
 
     def compute(size, X, observed, resp):
         conditioned = _condition(X, observed, means, prec_chol, size)
-        completed = _completed(conditioned)  # (K, D, n)
-        weighted = completed * resp.T[:, None, :]
-        sums = jnp.sum(weighted, axis=2)
-        if tied:
-            second = jnp.einsum("kdn,ken->de", weighted, completed)
-        else:
-            second = jnp.einsum("kdn,ken->kde", weighted, completed)
-        if size == 0:
-            return sums, second
-        weights = jnp.sum(resp, axis=1)[None] if tied else resp.T
-        return sums, second + _conditional_covariance_sum(conditioned, weights, tied)
+        return _conditioned_moments(conditioned, resp, tied)
 
-    sums, second = _by_missing_size(compute, X, observed, resp, n_features=n_features)
+    sums, second = _by_missing_size(compute, X, observed, resp, n_features=X.shape[1])
     return jnp.sum(sums, axis=0), jnp.sum(second, axis=0)
+
+
+def _matrix_missing_pass(X, observed, weights, responsibilities, means, prec_chol):
+    """E-step and statistics with one conditioning per block of rows.
+
+    ``responsibilities(maha, log_det, observed, weights)`` turns the observed
+    blocks' Mahalanobis terms and ½ log|Σ_oo⁻¹| (n, K) into sample-weighted
+    responsibilities (n, K) and the block's summed objective. Returns
+    ``(Σ_n r_nk, sums, second, objective)`` as :func:`_matrix_missing_moments`.
+    """
+    tied = prec_chol.ndim == 2
+    log_det_u = jnp.reshape(_log_diag_sum(prec_chol), (-1, 1))  # (K or 1, 1)
+
+    def compute(size, X, observed, weights):
+        conditioned = _condition(X, observed, means, prec_chol, size)
+        maha, half = _observed_terms(conditioned)
+        log_det = jnp.broadcast_to(log_det_u - half, maha.shape)
+        resp, total = responsibilities(maha.T, log_det.T, observed, weights)
+        sums, second = _conditioned_moments(conditioned, resp, tied)
+        return jnp.sum(resp, axis=0), sums, second, total
+
+    parts = _by_missing_size(compute, X, observed, weights, n_features=X.shape[1])
+    return tuple(jnp.sum(part, axis=0) for part in parts)
+
+
+def _missing_pass_in_two(
+    kernel, X, observed, weights, responsibilities, means, prec_chol
+):
+    """:func:`_matrix_missing_pass` for kernels with nothing to share: two passes."""
+    maha, log_det = kernel.missing_mahalanobis(X, observed, means, prec_chol)
+    resp, total = responsibilities(maha, log_det, observed, weights)
+    sums, second = kernel.missing_second_moments(X, observed, resp, means, prec_chol)
+    return jnp.sum(resp, axis=0), sums, second, total
 
 
 def _matrix_conditional_moments(X, observed, means, prec_chol):
@@ -659,9 +759,8 @@ def _matrix_conditional_moments(X, observed, means, prec_chol):
     n_features = X.shape[1]
     conditioned = _condition(X, observed, means, prec_chol, n_features)
     completed = _completed(conditioned) + means[:, :, None]
-    inverse = _inverse_columns(conditioned.columns)  # (D, D, K or 1, n)
-    onehot = conditioned.onehot.astype(X.dtype)
-    covariance = jnp.einsum("sdn,stkn,ten->nkde", onehot, inverse, onehot)
+    rows = jnp.stack(_inverse_factor_rows(conditioned))  # (s, K, D, n)
+    covariance = jnp.einsum("skdn,sken->nkde", rows, rows)
     covariance = jnp.broadcast_to(
         covariance, (X.shape[0], *completed.shape[:2], n_features)
     )
@@ -786,6 +885,15 @@ class _Full:
     def missing_second_moments(X, observed, resp, means, prec_chol):
         """Statistics of the completed data, centred at the conditioning means."""
         return _matrix_missing_moments(X, observed, resp, means, prec_chol)
+
+    @staticmethod
+    def missing_posterior_moments(
+        X, observed, weights, responsibilities, means, prec_chol
+    ):
+        """Counts, sums, second moments and objective of one block, one conditioning."""
+        return _matrix_missing_pass(
+            X, observed, weights, responsibilities, means, prec_chol
+        )
 
     @staticmethod
     def conditional_moments(X, observed, means, prec_chol):
@@ -1044,6 +1152,17 @@ class _Tied:
         return sums, (scatter, gram)
 
     @staticmethod
+    def missing_posterior_moments(
+        X, observed, weights, responsibilities, means, prec_chol
+    ):
+        """Counts, sums, second moments and objective of one block, one conditioning."""
+        counts, sums, scatter, total = _matrix_missing_pass(
+            X, observed, weights, responsibilities, means, prec_chol
+        )
+        gram = jnp.zeros((means.shape[0],) * 2, scatter.dtype)
+        return counts, sums, (scatter, gram), total
+
+    @staticmethod
     def conditional_moments(X, observed, means, prec_chol):
         """E[x | x_o, k] (N, K, D) and Cov[x | x_o, k] (N, K, D, D)."""
         return _matrix_conditional_moments(X, observed, means, prec_chol)
@@ -1217,6 +1336,9 @@ class _Diag:
         precisions = jnp.broadcast_to(jnp.square(prec_chol).T, means.shape[::-1]).T
         return _diag_missing_moments(X, observed, resp, means, precisions)
 
+    # Nothing is shared between the density and the statistics here.
+    missing_posterior_moments = classmethod(_missing_pass_in_two)
+
     @staticmethod
     def conditional_moments(X, observed, means, prec_chol):
         """E[x | x_o, k] (N, K, D) and the conditional variances (N, K, D)."""
@@ -1386,6 +1508,7 @@ class _Spherical:
 
     missing_mahalanobis = staticmethod(_Diag.missing_mahalanobis)
     missing_second_moments = staticmethod(_Diag.missing_second_moments)
+    missing_posterior_moments = classmethod(_missing_pass_in_two)
     conditional_moments = staticmethod(_Diag.conditional_moments)
     expected_mahalanobis = staticmethod(_Diag.expected_mahalanobis)
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmix.families import charts, covariance_kernels
+from jaxmix.families import charts, covariance_kernels, mixing
 from jaxmix.families import fixed as fixing
 from jaxmix.families.base import Family, static
 from jaxmix.families.missing import split_missing
@@ -20,6 +20,12 @@ from jaxmix.families.mixing import (
 )
 
 Array = jax.Array
+
+
+def _observed_log_density(maha: Array, log_det: Array, observed: Array) -> Array:
+    """log N(x_o | μ_k,o, Σ_k,oo) (N, K) from its Mahalanobis term and ½ log|Σ_oo⁻¹|."""
+    n_observed = jnp.sum(observed, axis=1, dtype=maha.dtype)[:, None]
+    return -0.5 * (n_observed * math.log(2 * math.pi) + maha) + log_det
 
 
 class GaussianParams(NamedTuple):
@@ -199,8 +205,32 @@ class Gaussian(Family):
         maha, log_det = self.kernel.missing_mahalanobis(
             values, observed, params.means, prec_chol
         )
-        n_observed = jnp.sum(observed, axis=1, dtype=X.dtype)[:, None]
-        return -0.5 * (n_observed * math.log(2 * math.pi) + maha) + log_det
+        return _observed_log_density(maha, log_det, observed)
+
+    def posterior_statistics(self, params: GaussianParams, X: Array, weights: Array):
+        """The E-step and the statistics of a block (see :class:`Family`).
+
+        With missing values, each block of rows is conditioned on its observed
+        features once, for both the density and the completed statistics.
+        """
+        if not self.missing_values:
+            return super().posterior_statistics(params, X, weights)
+
+        def responsibilities(maha, log_det, observed, weights):
+            log_density = _observed_log_density(maha, log_det, observed)
+            resp, log_norm = mixing.posterior(log_density, params.weights)
+            return resp * weights[:, None], jnp.sum(weights * log_norm)
+
+        values, observed = split_missing(X)
+        counts, sums, second, total = self.kernel.missing_posterior_moments(
+            values,
+            observed,
+            weights,
+            responsibilities,
+            params.means,
+            self.precisions_cholesky(params),
+        )
+        return GaussianStats(counts, sums, second), total
 
     def expected_log_density(self, params, reference, X: Array) -> Array:
         r"""E[log N(x | μ_k, Σ_k)] over x_m ~ p(x_m | x_o, k, θ_old), (N, K).

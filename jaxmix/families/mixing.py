@@ -82,3 +82,19 @@ def update_weights_fixed(new_weights: Array, weights: Array, fixed: Array) -> Ar
     # All weights fixed: no free mass to share (and no 0/0 in the unused branch).
     total = jnp.where(total > 0, total, 1)
     return jnp.where(fixed, weights, free_mass * (new_weights / total))
+
+
+def log_joint(log_density: Array, weights: Array) -> Array:
+    """log π_k + log p(x_n | θ_k) (N, K) from the log densities (N, K).
+
+    A component of weight exactly zero gets −inf, whatever its density (which
+    may be undefined for a masked component), so it takes no responsibility.
+    """
+    return jnp.where(weights > 0, log_density + jnp.log(weights), -jnp.inf)
+
+
+def posterior(log_density: Array, weights: Array) -> tuple[Array, Array]:
+    """Responsibilities (N, K) by Bayes' rule in log space, and log p(x_n) (N,)."""
+    log_prob = log_joint(log_density, weights)
+    log_norm = jax.nn.logsumexp(log_prob, axis=1)
+    return jnp.exp(log_prob - log_norm[:, None]), log_norm
