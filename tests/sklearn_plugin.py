@@ -144,6 +144,16 @@ SKIPPED: dict[str, tuple[str, str]] = {
         "the two clusters the other way round, so the given precisions meet the "
         "other component's means and EM takes one more iteration",
     ),
+    "test_init": (
+        DIFFERS,
+        "asserts lower_bound_ with n_init=10 >= with n_init=1 with no tolerance; "
+        "jaxmix fits the 10 restarts as one batched program, whose sums over "
+        "samples may round differently from the one-restart program (on a 2-core "
+        "AVX2 CPU, random_state=5 gives -2.5063169305081954 against "
+        "-2.506316930508195 from the same start); "
+        "tests/test_gaussian_mixture.py::test_n_init_keeps_the_best_restart checks "
+        "the restart selection to 1e-10",
+    ),
     "test_gaussian_mixture_fit_best_params": (
         SLOW,
         "compiles 8 programs (n_init 1 and 10, four covariance types), about 16 s "
@@ -163,10 +173,9 @@ SKIPPED: dict[str, tuple[str, str]] = {
 #: predict_proba tests compare labels too, but jaxmix computes both sides with
 #: the same compiled program on the same input.)
 DEFAULT_LEVEL: dict[str, str] = {
-    # Restarts batched 10 (or 5) wide against one restart alone: a different
+    # Restarts batched 5 wide against one restart alone: a different
     # program, and restart selection that ties up to rounding
     # (jaxmix.engine.batch.select_best).
-    "test_init": "lower_bound_ with n_init=10 >= with n_init=1",
     "test_multiple_init": "score with n_init=5 >= with n_init=1",
     # EM's monotonicity holds exactly, its rounding does not have to.
     "test_monotonic_likelihood": "each warm-started lower bound >= the previous",

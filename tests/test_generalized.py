@@ -259,10 +259,12 @@ def test_sharded_data_gives_the_same_gem_fit():
             sharded = jaxmix.fit(family, Xs, start, max_iter=200, tol=1e-13,
                                  chunk_size=128)
             # Sums over devices round differently, and the line searches
-            # follow the round-off; at the fixed point the fits agree.
+            # follow the round-off; at the fixed point the fits agree, to
+            # what an objective converged to 1e-13 pins down (about its
+            # square root; 1.1e-7 was seen on an AVX2 CPU).
             assert bool(local.converged) and bool(sharded.converged)
             for a, b in zip(local.params, sharded.params):
-                np.testing.assert_allclose(a, b, rtol=1e-7)
+                np.testing.assert_allclose(a, b, rtol=1e-6)
             print("OK", len(Xs.sharding.device_set))
         """
     )
