@@ -571,7 +571,7 @@ def _condition(X, observed, means, prec_chol, size: int) -> _Conditioned:
     whitened = _stacked_product(_t(prec_chol), data_t, means)  # Uᵀ (x_f − μ_k)
     if size == 0:
         return _Conditioned(centred, whitened, *(None,) * 6)
-    onehot, index = _barrier(_missing_slots(observed, size))
+    onehot, index = _missing_slots(observed, size)
     precision = prec_chol @ _t(prec_chol)  # (K or 1, D, D)
     gradient = _stacked_product(precision, data_t, means)  # P (x_f − μ_k)
     gradient = jnp.take_along_axis(gradient, index[None], axis=1)  # (K, s, n)
@@ -697,11 +697,10 @@ def _conditioned_moments(conditioned: _Conditioned, resp: Array, tied: bool):
     columns = [completed]
     if conditioned.solved is not None:
         columns += _inverse_factor_rows(conditioned)
-    columns = _barrier(columns)
     sums = jnp.sum(completed * weights, axis=2)
     second = 0
     for column in columns:
-        weighted = _barrier([column * weights])[0]
+        weighted = column * weights
         if tied:
             second = second + jnp.einsum("kdn,ken->de", weighted, column)
         else:
