@@ -468,3 +468,33 @@ def test_one_pass_statistics_equal_e_step_then_statistics(covariance_type):
         got, expected = both(params, jnp.asarray(data), jnp.asarray(weights))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_blocks_keep_rows_in_increasing_count_of_missing_values():
+    """Padding to whole blocks must not put incomplete rows out of order.
+
+    Sub-blocks are conditioned at the size of their largest count of missing
+    features, so the order is what keeps most of them small.
+    """
+    from jaxmix.engine.em import _blocks
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(11, 5)).astype(np.float32)
+    counts = np.array([4, 0, 2, 1, 3, 0, 2, 1, 4, 0, 1])
+    for row, count in enumerate(counts):
+        X[row, rng.permutation(5)[:count]] = np.nan
+    weights = np.arange(1.0, 12.0, dtype=np.float32)
+    family = Gaussian("full", missing_values=True)
+    blocks, block_weights = _blocks(
+        family, jnp.asarray(X), jnp.asarray(weights), chunk_size=4, n_components=2
+    )
+    rows = np.asarray(blocks).reshape(-1, 5)
+    flat_weights = np.asarray(block_weights).reshape(-1)
+    assert rows.shape[0] == 12
+    np.testing.assert_array_equal(np.diff(np.isnan(rows).sum(axis=1)) >= 0, True)
+    padding = flat_weights == 0
+    np.testing.assert_array_equal(padding, np.arange(12) < 1)
+    np.testing.assert_array_equal(np.isnan(rows[padding]).sum(), 0)
+    np.testing.assert_array_equal(np.sort(flat_weights[~padding]), weights)
+    order = np.argsort(counts, kind="stable")
+    np.testing.assert_array_equal(rows[~padding], X[order])
