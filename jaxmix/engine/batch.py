@@ -164,10 +164,25 @@ def fit_starts(
             fixed=fixed,
         )
 
+    return map_starts(one, starts, batch_size)
+
+
+def map_starts(function, starts, batch_size=None):
+    """``function`` over the leading axis of ``starts``, results stacked.
+
+    ``jax.vmap``, or with ``batch_size`` smaller than R groups of
+    ``batch_size`` vmapped starts one after another (``lax.map``). A single
+    start is a plain call: the batched form of a while loop costs tracing
+    time (vmap of one restart made a first ``GaussianMixture.fit`` 2x slower
+    to trace) and, under the loop's batched predicate, run time.
+    """
     n_starts = jax.tree.leaves(starts)[0].shape[0]
+    if n_starts == 1:
+        first = jax.tree.map(lambda leaf: leaf[0], starts)
+        return jax.tree.map(lambda leaf: leaf[None], function(first))
     if batch_size is None or batch_size >= n_starts:
-        return jax.vmap(one)(starts)
-    return jax.lax.map(one, starts, batch_size=batch_size)
+        return jax.vmap(function)(starts)
+    return jax.lax.map(function, starts, batch_size=batch_size)
 
 
 fit_starts_jit = jax.jit(
@@ -229,10 +244,7 @@ def initialize_and_fit(
         )
         return _replace_fields(params, overrides)
 
-    if batch_size is None or batch_size >= keys.shape[0]:
-        starts = jax.vmap(start)(keys)
-    else:
-        starts = jax.lax.map(start, keys, batch_size=batch_size)
+    starts = map_starts(start, keys, batch_size)
     results = fit_starts(
         family,
         X,

@@ -110,7 +110,7 @@ def _fit_restarts(
         index = initialization.seed_indices(key, X, weights, n_clusters, _SEEDING[init])
         return family.params_at(X[index])
 
-    starts = jax.vmap(seed)(keys)
+    starts = batch.map_starts(seed, keys)
     results = batch.fit_starts(
         family,
         X,
@@ -122,8 +122,8 @@ def _fit_restarts(
         criterion="means",
         chunk_size=chunk_size,
     )
-    labels, inertia = jax.vmap(lambda p: _assign(family, X, p.means, weights))(
-        results.params
+    labels, inertia = batch.map_starts(
+        lambda p: _assign(family, X, p.means, weights), results.params
     )
     best, index = batch.select_best(results, score=-inertia)
     return best.params.means, labels[index], inertia[index], best.n_iter, best.status
