@@ -65,6 +65,22 @@ def test_padding_repeats_a_real_row_with_weight_zero():
     assert data.X.sharding.spec == jax.sharding.PartitionSpec("data", None)
 
 
+def test_missing_values_are_kept_when_asked():
+    X = np.array([[0.0, np.nan], [1.0, 2.0], [np.nan, 3.0], [4.0, 5.0], [np.nan, 6.0]])
+    data = distributed.shard_samples(X, block_rows=3, missing_values=True)
+    # 5 rows in blocks of at most 3: two blocks of 3, one padding row.
+    assert data.X.shape == (6, 2) and data.chunk_size == 3
+    np.testing.assert_array_equal(np.asarray(data.X)[:5], X)
+    np.testing.assert_array_equal(np.asarray(data.X)[5:], X[[-1]])
+    np.testing.assert_array_equal(np.asarray(data.sample_weight), [1, 1, 1, 1, 1, 0])
+    with pytest.raises(ValueError, match="missing_values=True"):
+        distributed.shard_samples(X)
+    with pytest.raises(ValueError, match="infinity"):
+        distributed.shard_samples(np.r_[X, [[np.inf, 0.0]]], missing_values=True)
+    with pytest.raises(ValueError, match=r"row 5 .* no observed value \(1 such"):
+        distributed.shard_samples(np.r_[X, [[np.nan, np.nan]]], missing_values=True)
+
+
 def test_one_block_unless_asked():
     data = distributed.shard_samples(np.ones((50, 2)))
     assert data.X.shape == (50, 2) and data.chunk_size == 50
@@ -138,15 +154,10 @@ _THREE_DEVICES = textwrap.dedent(
     gaps[np.isnan(gaps).all(axis=1), 0] = X[np.isnan(gaps).all(axis=1), 0]
     missing = jaxmix.families.Gaussian("full", missing_values=True)
     local = jaxmix.fit(missing, jnp.asarray(gaps), start, max_iter=20, tol=-1.0)
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    rows = np.r_[gaps, gaps[:2]]  # 603 rows: two padding rows of weight 0
-    weights = np.r_[np.ones(601), np.zeros(2)]
-    placed = jax.device_put(rows, NamedSharding(mesh, PartitionSpec("data", None)))
-    w = jax.device_put(weights, NamedSharding(mesh, PartitionSpec("data")))
-    assert len(placed.sharding.device_set) == 3
-    sharded = jaxmix.fit(missing, placed, start, max_iter=20, tol=-1.0,
-                         sample_weight=w, chunk_size=67)
+    data = distributed.shard_samples(gaps, block_rows=50, missing_values=True)
+    assert len(data.X.sharding.device_set) == 3
+    sharded = jaxmix.fit(missing, data.X, start, max_iter=20, tol=-1.0,
+                         sample_weight=data.sample_weight, chunk_size=data.chunk_size)
     for a, b in zip(local.params, sharded.params):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(local.log_likelihood, sharded.log_likelihood,

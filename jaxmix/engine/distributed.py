@@ -96,7 +96,7 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.array(devices), (AXIS,))
 
 
-def _local_data(X, sample_weight):
+def _local_data(X, sample_weight, missing_values=False):
     """This process's rows and weights as NumPy arrays, or a reason to reject them."""
     X = np.asarray(X)
     if X.ndim != 2:
@@ -105,8 +105,28 @@ def _local_data(X, sample_weight):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     X = X.astype(dtype, copy=False)
-    if not np.all(np.isfinite(X)):
-        return X, None, "X contains NaN or infinity"
+    if not missing_values and not np.all(np.isfinite(X)):
+        return (
+            X,
+            None,
+            (
+                "X contains NaN or infinity (for NaN as missing values, pass "
+                "missing_values=True and fit a family made with missing_values=True)"
+            ),
+        )
+    if missing_values:
+        if np.any(np.isinf(X)):
+            return X, None, "X contains infinity"
+        empty = np.flatnonzero(np.all(np.isnan(X), axis=1)) if X.shape[1] else []
+        if len(empty):
+            return (
+                X,
+                None,
+                (
+                    f"row {int(empty[0])} of this process's X has no observed value "
+                    f"({len(empty)} such rows)"
+                ),
+            )
     if sample_weight is None:
         return X, np.ones(X.shape[0], dtype), None
     weights = np.asarray(sample_weight, dtype)
@@ -190,6 +210,7 @@ def shard_samples(
     block_rows: int | None = None,
     rows_per_process: int | None = None,
     mesh: Mesh | None = None,
+    missing_values: bool = False,
 ) -> ShardedSamples:
     r"""This process's rows, as its part of one array sharded over every device.
 
@@ -228,6 +249,9 @@ def shard_samples(
       block_rows: rows per device in one block, overriding ``n_components``.
       rows_per_process: the common per-process size; None agrees on it.
       mesh: a 1-D mesh with axis ``"data"``; default :func:`data_mesh`.
+      missing_values: NaN entries are missing values (for a family made with
+        ``missing_values=True``) rather than an error; a row with no
+        observed value is still an error, and so are infinities.
 
     Returns:
       A :class:`ShardedSamples` ``(X, sample_weight, chunk_size)``: ``X`` is
@@ -235,7 +259,8 @@ def shard_samples(
       ``chunk_size`` divides N_pad (it is N_pad when the data is one block).
 
     Raises:
-      ValueError: X is not 2-D or not finite, bad weights, processes that
+      ValueError: X is not 2-D or not finite (NaN allowed with
+        ``missing_values``, but not a row of NaN), bad weights, processes that
         disagree on features, dtype or local devices, ``rows_per_process``
         smaller than this process's rows.
 
@@ -253,7 +278,7 @@ def shard_samples(
         d.process_index == jax.process_index() for d in mesh.devices.flat
     )
     n_devices = mesh.devices.size
-    X, weights, problem = _local_data(X, sample_weight)
+    X, weights, problem = _local_data(X, sample_weight, missing_values)
     if rows_per_process is None:
         table = _agree(X, local_devices, problem)
         if problem is not None:
