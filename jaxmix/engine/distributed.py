@@ -105,28 +105,14 @@ def _local_data(X, sample_weight, missing_values=False):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     X = X.astype(dtype, copy=False)
+    problem = _missing_problem(X) if missing_values else None
     if not missing_values and not np.all(np.isfinite(X)):
-        return (
-            X,
-            None,
-            (
-                "X contains NaN or infinity (for NaN as missing values, pass "
-                "missing_values=True and fit a family made with missing_values=True)"
-            ),
+        problem = (
+            "X contains NaN or infinity (for NaN as missing values, pass "
+            "missing_values=True and fit a family made with missing_values=True)"
         )
-    if missing_values:
-        if np.any(np.isinf(X)):
-            return X, None, "X contains infinity"
-        empty = np.flatnonzero(np.all(np.isnan(X), axis=1)) if X.shape[1] else []
-        if len(empty):
-            return (
-                X,
-                None,
-                (
-                    f"row {int(empty[0])} of this process's X has no observed value "
-                    f"({len(empty)} such rows)"
-                ),
-            )
+    if problem is not None:
+        return X, None, problem
     if sample_weight is None:
         return X, np.ones(X.shape[0], dtype), None
     weights = np.asarray(sample_weight, dtype)
@@ -139,6 +125,19 @@ def _local_data(X, sample_weight, missing_values=False):
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         return X, None, "sample_weight must be finite and non-negative"
     return X, weights, None
+
+
+def _missing_problem(X) -> str | None:
+    """Why X cannot be data with missing values (NaN), or None."""
+    if np.any(np.isinf(X)):
+        return "X contains infinity"
+    empty = np.flatnonzero(np.all(np.isnan(X), axis=1)) if X.shape[1] else []
+    if len(empty):
+        return (
+            f"row {int(empty[0])} of this process's X has no observed value "
+            f"({len(empty)} such rows)"
+        )
+    return None
 
 
 def _agree(X, local_devices, problem):
