@@ -105,8 +105,10 @@ def _local_data(X, sample_weight, missing_values=False):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     X = X.astype(dtype, copy=False)
-    problem = _missing_problem(X) if missing_values else None
-    if not missing_values and not np.all(np.isfinite(X)):
+    problem = None
+    if missing_values:
+        problem = _missing_problem(X)
+    elif not np.all(np.isfinite(X)):
         problem = (
             "X contains NaN or infinity (for NaN as missing values, pass "
             "missing_values=True and fit a family made with missing_values=True)"
