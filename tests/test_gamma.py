@@ -211,8 +211,9 @@ def test_bad_input_says_what_is_wrong(fitted):
 
 
 def test_scikit_learn_conventions_on_positive_data(fitted):
-    # What check_estimator cannot test here (its data hold a 0), on X: each
-    # refit reuses the program of `fitted`.
+    # check_estimator's conventions on this file's data, against `fitted`
+    # (tests/test_sklearn_api.py runs the checks themselves, on data shifted to
+    # be strictly positive); each refit reuses the program of `fitted`.
     model = clone(fitted)
     params = model.get_params()
     readonly = np.asfortranarray(X)
