@@ -273,9 +273,16 @@ def check_random_state(seed) -> np.random.RandomState:
 
 
 def jax_key(random_state) -> jax.Array:
-    """A JAX key drawn from a scikit-learn style random_state."""
+    """A JAX key drawn from a scikit-learn style random_state.
+
+    ``jax.random.key(seed)``, whose threefry key data for a seed in
+    [0, 2³¹) is ``[0, seed]``: built on the host, it compiles nothing
+    (``jax.random.key`` compiles two small programs in every new process).
+    """
     seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-    return jax.random.key(seed)
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        return jax.random.key(seed)
+    return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
 
 
 def check_int(value, name: str, minimum: int) -> int:
