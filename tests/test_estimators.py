@@ -10,17 +10,24 @@ import sys
 import textwrap
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from scipy.special import gammaln, logsumexp
 
 import jaxmix
+from jaxmix.engine import batch
 from jaxmix.estimators.base import (
+    COMPONENT_PAD_LIMIT,
     PAD_LIMIT,
     EstimatorBase,
     MixtureEstimator,
+    _fit_restarts,
+    component_bucket,
+    pad_samples,
     padded_size,
 )
+from jaxmix.estimators.validation import jax_key, precision
 from jaxmix.families.poisson import Poisson, PoissonParams
 
 ESTIMATOR_NAMES = sorted(
@@ -45,6 +52,95 @@ def test_padded_sizes():
     for n in [1, 255, 256, 257, 385, 1000, 40000, PAD_LIMIT]:
         assert n <= padded_size(n) <= max(256, 1.5 * n)
     assert padded_size(PAD_LIMIT + 1) == PAD_LIMIT + 1
+
+
+def test_component_buckets():
+    sizes = [component_bucket(k, 100, 2) for k in range(1, 65)]
+    assert sorted(set(sizes)) == [8, 12, 16, 24, 32, 48, 64]
+    for k, size in enumerate(sizes, start=1):
+        assert k <= size <= max(8, 1.5 * k)
+    assert component_bucket(3, COMPONENT_PAD_LIMIT // 64, 8) == 8  # N·D² at the limit
+    assert component_bucket(3, COMPONENT_PAD_LIMIT // 64 + 1, 8) == 3
+    assert component_bucket(3, PAD_LIMIT, 1) == 8
+    assert component_bucket(3, PAD_LIMIT + 1, 1) == 3
+
+
+def _log_density_reference(X, model) -> np.ndarray:
+    """log p(x_n) of a fitted Gaussian mixture, in float64 NumPy."""
+    covariances = np.broadcast_to(
+        model.covariances_, (model.n_components, X.shape[1], X.shape[1])
+    )
+    log_joint = []
+    for weight, mean, covariance in zip(
+        model.weights_, model.means_, covariances, strict=True
+    ):
+        diff = X - mean
+        _, log_det = np.linalg.slogdet(covariance)
+        maha = np.sum(diff * np.linalg.solve(covariance, diff.T).T, axis=1)
+        log_joint.append(
+            np.log(weight) - 0.5 * (maha + log_det + X.shape[1] * np.log(2 * np.pi))
+        )
+    return logsumexp(np.stack(log_joint, axis=1), axis=1)
+
+
+@pytest.mark.parametrize(
+    "covariance_type, init_params, n_features",
+    # tied at D = 8: its (D, D) covariance has no component axis though its
+    # first axis has the padded K's length.
+    [("full", "kmeans", 2), ("tied", "k-means++", 8)],
+)
+def test_one_program_for_several_n_components(covariance_type, init_params, n_features):
+    # Components padded to a bucket and masked: every K up to 8 is one
+    # compiled fit, equal to the fit with K components (to round-off).
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(180, n_features)) + 4.0 * (np.arange(180) % 3)[:, None]
+    data, weights = pad_samples(X)
+    family = jaxmix.families.Gaussian(covariance_type)
+    programs = []
+    for k in (1, 3, 5):
+        model = jaxmix.GaussianMixture(
+            k,
+            covariance_type=covariance_type,
+            init_params=init_params,
+            n_init=2,
+            random_state=k,
+        ).fit(X)
+        programs.append(_fit_restarts._cache_size())
+        if k == 5:
+            continue  # the engine's own K = 5 fit would compile again
+        with precision(X.dtype):  # the estimator's: float64 data, float64 fit
+            alone = batch.initialize_and_fit_jit(
+                family,
+                data,
+                jax.random.split(jax_key(k), 2),
+                model.tol,
+                weights,
+                None,
+                n_components=k,
+                method=init_params,
+                max_iter=model.max_iter,
+            )
+        assert model.n_iter_ == int(alone.best.n_iter)
+        for name in ("weights", "means", "covariances"):
+            np.testing.assert_allclose(
+                getattr(model, f"{name}_"),
+                getattr(alone.best.params, name),
+                rtol=1e-10,
+                atol=1e-12,
+            )
+        np.testing.assert_allclose(
+            model.lower_bound_, float(alone.best.log_likelihood), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            model.score_samples(X), _log_density_reference(X, model), rtol=1e-10
+        )
+        assert model.predict_proba(X).shape == (len(X), k)
+        np.testing.assert_allclose(
+            model.precisions_ @ model.covariances_,
+            np.broadcast_to(np.eye(n_features), model.precisions_.shape),
+            atol=1e-9,
+        )
+    assert programs[0] == programs[1] == programs[2]
 
 
 def blobs(n_samples=150, seed=0):

@@ -230,17 +230,26 @@ def initialize_and_fit(
     criterion="objective",
     batch_size=None,
     fixed=None,
+    n_active=None,
 ) -> RestartsResult:
     """Initialise one start per key (fields in ``overrides`` replaced), fit, select.
 
     Unjitted; :data:`initialize_and_fit_jit` is the compiled program.
     ``fixed`` (None or a full mask) holds entries at their start values, which
-    come from ``overrides``.
+    come from ``overrides``. ``n_active`` (traced): fit the first ``n_active``
+    components only, the rest masked (see
+    :func:`jaxmix.engine.initialization.initial_params`).
     """
 
     def start(key):
         params = initialization.initial_params(
-            family, key, X, sample_weight, n_components=n_components, method=method
+            family,
+            key,
+            X,
+            sample_weight,
+            n_components=n_components,
+            method=method,
+            n_active=n_active,
         )
         return _replace_fields(params, overrides)
 

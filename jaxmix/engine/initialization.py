@@ -57,35 +57,54 @@ def _sample_index(key, probabilities: Array, shape=(), fallback=None) -> Array:
     return jax.random.choice(key, probabilities.shape[0], shape, p=probabilities)
 
 
+def _trial_counts(n_clusters: int) -> list[int]:
+    """``2 + ⌊ln k⌋`` for k = 1..K: k-means++'s candidates per center."""
+    return [2 + int(math.log(k)) for k in range(1, n_clusters + 1)]
+
+
 def kmeans_plusplus(
-    key, X: Array, n_clusters: int, sample_weight: Array | None = None
+    key,
+    X: Array,
+    n_clusters: int,
+    sample_weight: Array | None = None,
+    n_active: Array | None = None,
 ) -> tuple[Array, Array]:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii, with local trials).
 
     Each new center is the best of ``2 + ⌊ln K⌋`` candidates drawn with
     probability proportional to (weighted) squared distance to the nearest center.
 
+    ``n_active`` (traced; default K) seeds only the first ``n_active`` of the K
+    centers, exactly as ``n_clusters=n_active`` would (the same draws: the
+    candidates of a step are a prefix of a longer draw); the others repeat the
+    first center's row. One program then serves every ``n_active`` ≤ K.
+
     Returns:
       ``(centers, indices)``: centers (K, D) and their row indices in X (K,).
     """
     n_samples = X.shape[0]
-    n_trials = 2 + int(math.log(n_clusters))
+    if n_active is None:
+        n_trials = 2 + int(math.log(n_clusters))
+        max_trials = n_trials
+    else:
+        counts = _trial_counts(n_clusters)
+        n_trials, max_trials = jnp.asarray(counts)[n_active - 1], counts[-1]
     key, first_key = jax.random.split(key)
     if sample_weight is None:
         first = _uniform_index(first_key, n_samples, (), X.dtype)
     else:
         first = _sample_index(first_key, sample_weight)
-    indices = jnp.zeros((n_clusters,), first.dtype).at[0].set(first)
+    indices = jnp.full((n_clusters,), first)
     closest = _squared_distances(X, X[first][None])[:, 0]
 
     def add_center(i, carry):
         indices, closest, key = carry
         key, sub = jax.random.split(key)
         if sample_weight is None:
-            candidates = _sample_index(sub, closest, (n_trials,))
+            candidates = _sample_index(sub, closest, (max_trials,))
         else:
             candidates = _sample_index(
-                sub, sample_weight * closest, (n_trials,), sample_weight
+                sub, sample_weight * closest, (max_trials,), sample_weight
             )
         distances = jnp.minimum(closest[:, None], _squared_distances(X, X[candidates]))
         potential = (
@@ -93,12 +112,18 @@ def kmeans_plusplus(
             if sample_weight is None
             else sample_weight @ distances
         )
+        if n_active is not None:  # the trials beyond this K's count never win
+            potential = jnp.where(jnp.arange(max_trials) < n_trials, potential, jnp.inf)
         best = jnp.argmin(potential)
-        return (
+        new = (
             indices.at[i].set(candidates[best].astype(indices.dtype)),
             distances[:, best],
-            key,
         )
+        if n_active is not None:  # the masked centers keep the first row
+            new = jax.tree.map(
+                lambda a, b: jnp.where(i < n_active, a, b), new, (indices, closest)
+            )
+        return (*new, key)
 
     indices, _, _ = jax.lax.fori_loop(
         1, n_clusters, add_center, (indices, closest, key)
@@ -109,16 +134,21 @@ def kmeans_plusplus(
 SEEDING_METHODS = ("k-means++", "random_from_data")
 
 
-def seed_indices(key, X, sample_weight, n_components: int, method: str) -> Array:
+def seed_indices(
+    key, X, sample_weight, n_components: int, method: str, n_active=None
+) -> Array:
     """Indices of K samples to start from: k-means++ seeds or K distinct samples.
 
     ``"random_from_data"`` draws K distinct samples with probability
-    proportional to their weight (uniformly without weights).
+    proportional to their weight (uniformly without weights). ``n_active``:
+    see :func:`kmeans_plusplus` (k-means++ only).
     """
     if method == "k-means++":
-        return kmeans_plusplus(key, X, n_components, sample_weight)[1]
+        return kmeans_plusplus(key, X, n_components, sample_weight, n_active)[1]
     if method != "random_from_data":
         raise ValueError(f"method must be one of {SEEDING_METHODS}, got {method!r}")
+    if n_active is not None:
+        raise ValueError("masked components are seeded by k-means++ only")
     probabilities = None
     if sample_weight is not None:
         probabilities = sample_weight / jnp.sum(sample_weight)
@@ -127,15 +157,18 @@ def seed_indices(key, X, sample_weight, n_components: int, method: str) -> Array
     )
 
 
-def _lloyd_labels(X, centers, weights, max_iter=300):
-    """Labels of Lloyd's K-means: hard EM of an isotropic, fixed-variance Gaussian."""
+def _lloyd_labels(X, centers, weights, max_iter=300, n_active=None):
+    """Labels of Lloyd's K-means: hard EM of an isotropic, fixed-variance Gaussian.
+
+    With ``n_active``, the centers from ``n_active`` on have weight zero: they
+    take no sample (:func:`jaxmix.engine.em.keep_zero_weights`).
+    """
     family = Gaussian("spherical", variance=1.0, uniform_weights=True)
     n_clusters = centers.shape[0]
-    params = GaussianParams(
-        jnp.full((n_clusters,), 1.0 / n_clusters, X.dtype),
-        centers,
-        jnp.ones((n_clusters,), X.dtype),
-    )
+    weights_0 = jnp.full((n_clusters,), 1.0 / n_clusters, X.dtype)
+    if n_active is not None:
+        weights_0 = component_mask(n_clusters, n_active, X.dtype) / n_active
+    params = GaussianParams(weights_0, centers, jnp.ones((n_clusters,), X.dtype))
     # Labels stop changing ⇒ the objective stops changing exactly; the threshold
     # only absorbs round-off, relative to the data's spread.
     # Weighted spread, so zero-weight (padding) rows do not change it.
@@ -162,8 +195,30 @@ def _lloyd_labels(X, centers, weights, max_iter=300):
     return resp
 
 
-def initial_params(family, key, X, sample_weight, *, n_components, method):
-    """:func:`initialize` without the jit or the checks (inside compiled programs)."""
+def component_mask(n_components: int, n_active, dtype) -> Array:
+    """1 for the first ``n_active`` (traced) of ``n_components`` components, else 0."""
+    return (jnp.arange(n_components) < n_active).astype(dtype)
+
+
+#: The methods that can start a fit whose last components are masked.
+MASKABLE_METHODS = ("kmeans", "k-means++")
+
+
+def initial_params(
+    family, key, X, sample_weight, *, n_components, method, n_active=None
+):
+    """:func:`initialize` without the jit or the checks (inside compiled programs).
+
+    ``n_active`` (traced, ``"kmeans"`` and ``"k-means++"`` only): the start of
+    ``n_components=n_active`` (the same draws, hence the same start, to
+    round-off), padded to ``n_components`` with components of weight exactly
+    zero. EM keeps those masked, so one compiled fit serves every K ≤
+    ``n_components``.
+    """
+    if n_active is not None and method not in MASKABLE_METHODS:
+        raise ValueError(
+            f"masked components need a method in {MASKABLE_METHODS}, got {method!r}"
+        )
     if family.missing_values:
         # Initialise on the data with each missing entry replaced by its
         # feature's observed mean; EM proper then handles the missing values.
@@ -174,10 +229,10 @@ def initial_params(family, key, X, sample_weight, *, n_components, method):
         weights = (
             jnp.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
         )
-        centers, _ = kmeans_plusplus(key, X, n_components, sample_weight)
-        resp = _lloyd_labels(X, centers, weights)
+        centers, _ = kmeans_plusplus(key, X, n_components, sample_weight, n_active)
+        resp = _lloyd_labels(X, centers, weights, n_active=n_active)
     elif method in SEEDING_METHODS:
-        indices = seed_indices(key, X, sample_weight, n_components, method)
+        indices = seed_indices(key, X, sample_weight, n_components, method, n_active)
         resp = jnp.zeros((n_samples, n_components), X.dtype)
         resp = resp.at[indices, jnp.arange(n_components)].set(1.0)
     elif method == "random":
@@ -185,7 +240,13 @@ def initial_params(family, key, X, sample_weight, *, n_components, method):
         resp = resp / jnp.sum(resp, axis=1, keepdims=True)
     else:
         raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}")
-    return em.m_step(family, X, resp, sample_weight)
+    if n_active is not None:  # the masked seeds' rows take no responsibility
+        resp = resp * component_mask(n_components, n_active, resp.dtype)
+    params = em.m_step(family, X, resp, sample_weight)
+    if n_active is None:
+        return params
+    weights = params.weights * component_mask(n_components, n_active, X.dtype)
+    return params._replace(weights=weights / jnp.sum(weights))
 
 
 _initialize_jit = jax.jit(initial_params, static_argnames=("n_components", "method"))

@@ -63,6 +63,59 @@ def padded_size(n_samples: int) -> int:
     return size
 
 
+#: Fits of at most :data:`PAD_LIMIT` samples whose work per component,
+#: samples × features², is at most this have their components padded (see
+#: :func:`component_bucket`).
+COMPONENT_PAD_LIMIT = 1 << 20
+
+
+def component_bucket(n_components: int, n_samples: int, n_features: int) -> int:
+    """The number of components a fit of ``n_components`` is padded to.
+
+    At least 8, then two sizes per octave (12, 16, 24, ...), for small
+    problems: at most :data:`PAD_LIMIT` samples and samples × features² at most
+    :data:`COMPONENT_PAD_LIMIT`; otherwise ``n_components``. The extra
+    components are masked (weight exactly zero), which leaves the fit the
+    same, so a grid search over ``n_components`` compiles one program per
+    bucket instead of one per value; on small problems a few idle components
+    cost far less than compiling (seconds).
+    """
+    work = n_samples * n_features**2
+    if n_samples > PAD_LIMIT or work > COMPONENT_PAD_LIMIT:
+        return n_components
+    size = 8
+    while size < n_components:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def pad_components(params, axes, n_components: int):
+    """Host params padded to ``n_components`` with masked components.
+
+    Each component axis is extended by repeats of component 0 (valid values of
+    any family), with weight exactly zero: EM keeps such a component out of
+    the fit and the log joint density gives it −inf.
+    """
+
+    def pad(leaf, axis):
+        leaf = np.asarray(leaf)
+        extra = n_components - leaf.shape[0] if axis else 0
+        if not extra:
+            return leaf
+        return np.concatenate([leaf, np.repeat(leaf[:1], extra, axis=0)])
+
+    padded = jax.tree.map(pad, params, axes)
+    weights = np.zeros(n_components, padded.weights.dtype)
+    weights[: len(params.weights)] = params.weights
+    return padded._replace(weights=weights)
+
+
+def cut_components(params, axes, n_components: int, axis: int = 0):
+    """The first ``n_components`` along each component axis (at ``axis``)."""
+    index = (slice(None),) * axis + (slice(n_components),)
+    return jax.tree.map(lambda leaf, has: leaf[index] if has else leaf, params, axes)
+
+
 def pad_samples(X: np.ndarray, sample_weight: np.ndarray | None = None):
     """X and its weights with zero-weight rows appended up to :func:`padded_size`.
 
@@ -169,31 +222,39 @@ def _log_joint_and_norm(family, params, X):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_components", "method", "max_iter", "batch_size")
+    jax.jit,
+    static_argnames=("n_components", "n_init", "method", "max_iter", "batch_size"),
 )
 def _fit_restarts(
     family,
     X,
     sample_weight,
-    keys,
+    key,
     start,
     tol,
     initial_log_likelihood,
     fixed=None,
+    n_active=None,
     *,
     n_components,
+    n_init,
     method,
     max_iter,
     batch_size,
 ) -> batch.RestartsResult:
-    """One restart per key, fitted by vmapped EM; the best kept. One program.
+    """``n_init`` restarts, fitted by vmapped EM; the best kept. One program.
+
+    The restarts' keys are ``jax.random.split(key, n_init)``.
 
     ``method`` None: every restart starts from ``start``, complete params (the
     user's ``*_init`` arrays, or a warm start). Otherwise ``start`` is a dict
     of the fields the user gave, and each restart is initialised by
     ``method`` with those fields replaced. ``fixed`` (None or a full mask)
-    holds entries at their start values.
+    holds entries at their start values. ``n_active`` (traced): only the
+    first ``n_active`` of the ``n_components`` are initialised, the rest
+    masked.
     """
+    keys = jax.random.split(key, n_init)
     if method is not None:
         return batch.initialize_and_fit(
             family,
@@ -207,6 +268,7 @@ def _fit_restarts(
             max_iter=max_iter,
             batch_size=batch_size,
             fixed=fixed,
+            n_active=n_active,
         )
     n_starts = keys.shape[0]
     starts = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_starts, *a.shape)), start)
@@ -223,6 +285,17 @@ def _fit_restarts(
     )
     best, index = batch.select_best(results)
     return batch.RestartsResult(best, results, index)
+
+
+def _cut_restarts(results: batch.RestartsResult, axes, n_components: int):
+    """Host restarts' results with the masked components dropped."""
+    best = results.best._replace(
+        params=cut_components(results.best.params, axes, n_components)
+    )
+    every = results.all._replace(
+        params=cut_components(results.all.params, axes, n_components, axis=1)
+    )
+    return results._replace(best=best, all=every)
 
 
 class OnlineFit(NamedTuple):
@@ -305,6 +378,16 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
 
     def _fitted_params(self):
         raise NotImplementedError
+
+    def _component_axes(self):
+        """Params with, per field, whether its first axis is the components.
+
+        None (the default): fits and scores keep exactly ``n_components``.
+        Given, small fits pad the components to :func:`component_bucket` where
+        the family :attr:`~jaxmix.families.base.Family.masks_components`, and
+        scoring always (a masked component's log joint density is −inf).
+        """
+        return None
 
     def _fitted_dtype(self) -> np.dtype:
         return self.weights_.dtype
@@ -401,7 +484,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
             start, method = family.params_type(**user), None
         else:
             start = user
-        keys = jax.random.split(jax_key(self.random_state), n_init)
+        key = jax_key(self.random_state)
         if streaming.streams(X, self.device_budget) and family.missing_values:
             raise ValueError(
                 "X contains missing values (NaN), which a streamed fit "
@@ -415,7 +498,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
                     weights,
                     start,
                     method=method,
-                    keys=keys,
+                    keys=jax.random.split(key, n_init),
                     n_components=self.n_components,
                     tol=self.tol,
                     max_iter=self.max_iter,
@@ -427,28 +510,61 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
             return X
         data, data_weights = pad_samples(X, weights)
         n_samples, n_features = data.shape
+        axes, start, n_active = self._masked_components(
+            family, data, start, method, fixed
+        )
+        n_components = self.n_components
+        if axes is not None:
+            n_components = component_bucket(n_components, n_samples, n_features)
         group = min(
-            n_init, batch.default_batch_size(n_samples, self.n_components, n_features)
+            n_init, batch.default_batch_size(n_samples, n_components, n_features)
         )
         with precision(X.dtype):
             results = _fit_restarts(
                 family,
-                jnp.asarray(data),
-                jnp.asarray(data_weights),
-                keys,
-                jax.tree.map(lambda a: jnp.asarray(a, X.dtype), start),
+                data,  # host arrays: jit transfers them, jnp.asarray would compile
+                data_weights,
+                key,
+                jax.tree.map(lambda a: np.asarray(a, X.dtype), start),
                 self.tol,
                 initial_ll,
                 fixed,
-                n_components=self.n_components,
+                None if n_active is None else np.int32(n_active),
+                n_components=n_components,
+                n_init=n_init,
                 method=method,
                 max_iter=self.max_iter,
                 batch_size=group,
             )
             results = jax.device_get(results)
+        if axes is not None:
+            results = _cut_restarts(results, axes, self.n_components)
         self._keep_best(results, X.dtype)
         self.family_ = family
         return X
+
+    def _masked_components(self, family, data, start, method, fixed):
+        """How a fit pads its components to :func:`component_bucket`, if it does.
+
+        Returns ``(axes, start, n_active)``: ``axes`` None (no padding) or the
+        params' component axes; given complete starts are padded here, and an
+        initialisation by a method gets ``n_active`` (the true K) instead.
+        Only where the fit stays the same: a family that
+        :attr:`~jaxmix.families.base.Family.masks_components`, no fixed
+        entries, and k-means or k-means++ starts with no ``*_init`` fields.
+        """
+        n_samples, n_features = data.shape
+        size = component_bucket(self.n_components, n_samples, n_features)
+        axes = self._component_axes()
+        if size == self.n_components or fixed is not None or axes is None:
+            return None, start, None
+        if not family.masks_components:
+            return None, start, None
+        if method is None:
+            return axes, pad_components(start, axes, size), None
+        if method in initialization.MASKABLE_METHODS and not start:
+            return axes, start, self.n_components
+        return None, start, None
 
     def _keep_best(self, restarts: batch.RestartsResult, dtype) -> None:
         """Set the fitted attributes from the restart the driver selected."""
@@ -647,14 +763,18 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         """log π_k p(x_n | θ_k), (N, K), and log p(x_n), (N,), of checked data."""
         n_samples = X.shape[0]
         data, _ = pad_samples(X)
+        family, params = self._family_for(X), self._fitted_params()
+        n_components = len(params.weights)
+        size = component_bucket(n_components, *data.shape)
+        axes = self._component_axes()
+        if size > n_components and axes is not None:  # −inf for any family
+            params = pad_components(params, axes, size)
         with precision(X.dtype):
             log_prob, log_norm = _log_joint_and_norm(
-                self._family_for(X),
-                jax.tree.map(jnp.asarray, self._fitted_params()),
-                jnp.asarray(data),
+                family, jax.tree.map(np.asarray, params), data
             )
             return (
-                np.asarray(log_prob)[:n_samples],
+                np.asarray(log_prob)[:n_samples, :n_components],
                 np.asarray(log_norm)[:n_samples],
             )
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmix import mixture
-from jaxmix.estimators.base import MixtureEstimator
+from jaxmix.estimators.base import MixtureEstimator, component_bucket
 from jaxmix.estimators.validation import (
     Interval,
     StrOptions,
@@ -383,15 +383,26 @@ class GaussianMixture(MixtureEstimator):
         self.weights_ = params.weights
         self.means_ = params.means
         self.covariances_ = params.covariances
+        covariances, n_components = params.covariances, len(params.weights)
+        tied = self.covariance_type == "tied"
+        if not tied:  # padded like the fit, so that one program serves every K
+            n_features = params.means.shape[-1]  # D factorisations of D × D
+            size = component_bucket(n_components, n_features, n_features)
+            extra = np.repeat(covariances[:1], size - n_components, axis=0)
+            covariances = np.concatenate([covariances, extra])
+        keep = slice(None) if tied else slice(n_components)
         with precision(dtype):
             prec_chol, precisions = _precision_factors(
-                params.covariances, self.covariance_type
+                covariances, self.covariance_type
             )
-            self.precisions_cholesky_ = np.asarray(prec_chol, dtype=dtype)
-            self.precisions_ = np.asarray(precisions, dtype=dtype)
+            self.precisions_cholesky_ = np.asarray(prec_chol, dtype=dtype)[keep]
+            self.precisions_ = np.asarray(precisions, dtype=dtype)[keep]
 
     def _fitted_params(self) -> GaussianParams:
         return GaussianParams(self.weights_, self.means_, self.covariances_)
+
+    def _component_axes(self) -> GaussianParams:
+        return GaussianParams(True, True, self.covariance_type != "tied")
 
     def partial_fit(self, X, y=None, sample_weight=None):
         """Update the model with one batch of data: one step of online EM.

@@ -180,6 +180,20 @@ class Family(abc.ABC):
     #: default, so complete data keeps the program it always had.
     missing_values: ClassVar[bool] = False
 
+    @property
+    def masks_components(self) -> bool:
+        """Whether masked components make a bigger fit equal to a smaller one.
+
+        True when a fit whose last components have weight exactly zero,
+        started by :func:`jaxmix.engine.initialization.initial_params` with
+        ``n_active``, equals (to round-off) the fit with only the active
+        components, so one compiled program can serve several K. It needs an
+        objective with no term for the masked components (no prior) and
+        finite parameters for a component that takes no sample. False unless
+        a family says so.
+        """
+        return False
+
     # -- required ----------------------------------------------------------------
     @abc.abstractmethod
     def log_component_density(self, params, X: Array) -> Array:

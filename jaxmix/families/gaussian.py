@@ -155,6 +155,17 @@ class Gaussian(Family):
         return self.covariance_type
 
     @property
+    def masks_components(self) -> bool:
+        """Without priors or missing values (see :class:`Family`): an empty
+        component's M-step gives finite parameters (its mean at the centring
+        point, its covariance ``reg_covar``), and nothing else sees it."""
+        return (
+            self.weight_concentration is None
+            and not self.has_covariance_prior
+            and not self.missing_values
+        )
+
+    @property
     def has_covariance_prior(self) -> bool:
         """Whether the means and covariances have a normal-inverse-Wishart prior."""
         return self.covariance_prior is not None
