@@ -54,6 +54,20 @@ def test_padded_sizes():
     assert padded_size(PAD_LIMIT + 1) == PAD_LIMIT + 1
 
 
+@pytest.mark.parametrize("random_state", [0, 1, 12345, np.iinfo(np.int32).max - 1])
+def test_estimator_keys_are_jax_keys(random_state):
+    # jax_key builds the key data on the host; it must be jax.random.key's.
+    seed = np.random.RandomState(random_state).randint(np.iinfo(np.int32).max)
+    key, reference = jax_key(random_state), jax.random.key(seed)
+    assert key.dtype == reference.dtype
+    np.testing.assert_array_equal(
+        jax.random.key_data(key), jax.random.key_data(reference)
+    )
+    np.testing.assert_array_equal(
+        jax.random.uniform(key, (3,)), jax.random.uniform(reference, (3,))
+    )
+
+
 def test_component_buckets():
     sizes = [component_bucket(k, 100, 2) for k in range(1, 65)]
     assert sorted(set(sizes)) == [8, 12, 16, 24, 32, 48, 64]
