@@ -80,10 +80,12 @@ def test_component_buckets():
 
 
 def _log_density_reference(X, model) -> np.ndarray:
-    """log p(x_n) of a fitted Gaussian mixture, in float64 NumPy."""
-    covariances = np.broadcast_to(
-        model.covariances_, (model.n_components, X.shape[1], X.shape[1])
-    )
+    """log p(x_n) of a fitted full, tied or diag Gaussian mixture, float64 NumPy."""
+    shape = (model.n_components, X.shape[1], X.shape[1])
+    if model.covariance_type == "diag":
+        covariances = np.stack([np.diag(c) for c in model.covariances_])
+    else:  # full or tied
+        covariances = np.broadcast_to(model.covariances_, shape)
     log_joint = []
     for weight, mean, covariance in zip(
         model.weights_, model.means_, covariances, strict=True
@@ -101,7 +103,7 @@ def _log_density_reference(X, model) -> np.ndarray:
     "covariance_type, init_params, n_features",
     # tied at D = 8: its (D, D) covariance has no component axis though its
     # first axis has the padded K's length.
-    [("full", "kmeans", 2), ("tied", "k-means++", 8)],
+    [("full", "kmeans", 2), ("tied", "k-means++", 8), ("diag", "random_from_data", 3)],
 )
 def test_one_program_for_several_n_components(covariance_type, init_params, n_features):
     # Components padded to a bucket and masked: every K up to 8 is one
@@ -149,11 +151,12 @@ def test_one_program_for_several_n_components(covariance_type, init_params, n_fe
             model.score_samples(X), _log_density_reference(X, model), rtol=1e-10
         )
         assert model.predict_proba(X).shape == (len(X), k)
-        np.testing.assert_allclose(
-            model.precisions_ @ model.covariances_,
-            np.broadcast_to(np.eye(n_features), model.precisions_.shape),
-            atol=1e-9,
-        )
+        if covariance_type == "diag":
+            product, identity = model.precisions_ * model.covariances_, 1.0
+        else:
+            product = model.precisions_ @ model.covariances_
+            identity = np.broadcast_to(np.eye(n_features), product.shape)
+        np.testing.assert_allclose(product, identity, atol=1e-9)
     assert programs[0] == programs[1] == programs[2]
 
 

@@ -141,14 +141,14 @@ def seed_indices(
 
     ``"random_from_data"`` draws K distinct samples with probability
     proportional to their weight (uniformly without weights). ``n_active``:
-    see :func:`kmeans_plusplus` (k-means++ only).
+    see :func:`kmeans_plusplus`; the distinct samples need nothing, as the
+    first ``n_active`` of K draws are the draws of ``n_active`` (a prefix of
+    a permutation, or of the Gumbel top-k order with weights).
     """
     if method == "k-means++":
         return kmeans_plusplus(key, X, n_components, sample_weight, n_active)[1]
     if method != "random_from_data":
         raise ValueError(f"method must be one of {SEEDING_METHODS}, got {method!r}")
-    if n_active is not None:
-        raise ValueError("masked components are seeded by k-means++ only")
     probabilities = None
     if sample_weight is not None:
         probabilities = sample_weight / jnp.sum(sample_weight)
@@ -201,7 +201,7 @@ def component_mask(n_components: int, n_active, dtype) -> Array:
 
 
 #: The methods that can start a fit whose last components are masked.
-MASKABLE_METHODS = ("kmeans", "k-means++")
+MASKABLE_METHODS = ("kmeans", "k-means++", "random_from_data")
 
 
 def initial_params(
@@ -209,7 +209,7 @@ def initial_params(
 ):
     """:func:`initialize` without the jit or the checks (inside compiled programs).
 
-    ``n_active`` (traced, ``"kmeans"`` and ``"k-means++"`` only): the start of
+    ``n_active`` (traced; not for ``"random"``): the start of
     ``n_components=n_active`` (the same draws, hence the same start, to
     round-off), padded to ``n_components`` with components of weight exactly
     zero. EM keeps those masked, so one compiled fit serves every K ≤

@@ -551,7 +551,8 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         initialisation by a method gets ``n_active`` (the true K) instead.
         Only where the fit stays the same: a family that
         :attr:`~jaxmix.families.base.Family.masks_components`, no fixed
-        entries, and k-means or k-means++ starts with no ``*_init`` fields.
+        entries, and starts given in full or drawn by a method other than
+        ``"random"`` with no ``*_init`` fields.
         """
         n_samples, n_features = data.shape
         size = component_bucket(self.n_components, n_samples, n_features)
