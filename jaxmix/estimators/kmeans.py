@@ -97,12 +97,28 @@ def lloyd_chunk_size(n_clusters: int) -> int:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_clusters", "init", "max_iter", "chunk_size")
+    jax.jit,
+    static_argnames=("n_init", "n_clusters", "init", "max_iter", "chunk_size"),
 )
 def _fit_restarts(
-    family, X, weights, keys, centers, tol, *, n_clusters, init, max_iter, chunk_size
+    family,
+    X,
+    weights,
+    key,
+    centers,
+    tol,
+    *,
+    n_init,
+    n_clusters,
+    init,
+    max_iter,
+    chunk_size,
 ):
-    """All restarts at once: seed, hard EM, final assignment; the lowest inertia."""
+    """All restarts at once: seed, hard EM, final assignment; the lowest inertia.
+
+    The restarts' keys are ``jax.random.split(key, n_init)``.
+    """
+    keys = jax.random.split(key, n_init)
 
     def seed(key):
         if init is None:
@@ -316,15 +332,15 @@ class _HardClustering(
         if streaming.streams(X, self.device_budget):
             return self._fit_streamed(X, weights, family, centers, init, n_init)
         data, data_weights = pad_samples(X, weights)
-        keys = jax.random.split(jax_key(self.random_state), n_init)
         with precision(X.dtype):
-            results = _fit_restarts(
+            results = _fit_restarts(  # host arrays: jnp.asarray would compile
                 self._fit_family(family, data),
-                jnp.asarray(data),
-                jnp.asarray(data_weights),
-                keys,
-                None if centers is None else jnp.asarray(centers),
-                jnp.asarray(self._relative_tol(X), X.dtype),
+                data,
+                data_weights,
+                jax_key(self.random_state),
+                None if centers is None else np.asarray(centers),
+                np.asarray(self._relative_tol(X), X.dtype),
+                n_init=n_init,
                 n_clusters=self.n_clusters,
                 init=init,
                 max_iter=self.max_iter,
@@ -423,16 +439,14 @@ class _HardClustering(
         """The nearest centre of every sample (the first on ties), shape (N,)."""
         data, _, n_samples = self._padded_input(X)
         with precision(data.dtype):
-            centers = jnp.asarray(self.cluster_centers_)
-            labels = _predict(self.family_, jnp.asarray(data), centers)
-            return np.asarray(labels[:n_samples], dtype=np.int32)
+            labels = _predict(self.family_, data, self.cluster_centers_)
+            return np.asarray(labels, dtype=np.int32)[:n_samples]
 
     def transform(self, X) -> np.ndarray:
         """Distances of every sample to every centre, shape (N, K)."""
         data, _, n_samples = self._padded_input(X)
         with precision(data.dtype):
-            centers = jnp.asarray(self.cluster_centers_)
-            costs = np.asarray(_costs(self.family_, jnp.asarray(data), centers))
+            costs = np.asarray(_costs(self.family_, data, self.cluster_centers_))
         return self._distance(costs[:n_samples])
 
     def score(self, X, y=None, sample_weight=None) -> float:
@@ -440,8 +454,7 @@ class _HardClustering(
         del y
         data, weights, _ = self._padded_input(X, sample_weight)
         with precision(data.dtype):
-            centers = jnp.asarray(self.cluster_centers_)
-            inertia = _score(self.family_, jnp.asarray(data), centers, weights)
+            inertia = _score(self.family_, data, self.cluster_centers_, weights)
             return -float(inertia)
 
 
