@@ -510,12 +510,9 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
             return X
         data, data_weights = pad_samples(X, weights)
         n_samples, n_features = data.shape
-        axes, start, n_active = self._masked_components(
+        n_components, axes, start, n_active = self._masked_components(
             family, data, start, method, fixed
         )
-        n_components = self.n_components
-        if axes is not None:
-            n_components = component_bucket(n_components, n_samples, n_features)
         group = min(
             n_init, batch.default_batch_size(n_samples, n_components, n_features)
         )
@@ -546,8 +543,9 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
     def _masked_components(self, family, data, start, method, fixed):
         """How a fit pads its components to :func:`component_bucket`, if it does.
 
-        Returns ``(axes, start, n_active)``: ``axes`` None (no padding) or the
-        params' component axes; given complete starts are padded here, and an
+        Returns ``(n_components, axes, start, n_active)``: the number of
+        components fitted, and ``axes`` None (no padding) or the params'
+        component axes; given complete starts are padded here, and an
         initialisation by a method gets ``n_active`` (the true K) instead.
         Only where the fit stays the same: a family that
         :attr:`~jaxmix.families.base.Family.masks_components`, no fixed
@@ -557,15 +555,16 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         n_samples, n_features = data.shape
         size = component_bucket(self.n_components, n_samples, n_features)
         axes = self._component_axes()
+        unchanged = (self.n_components, None, start, None)
         if size == self.n_components or fixed is not None or axes is None:
-            return None, start, None
+            return unchanged
         if not family.masks_components:
-            return None, start, None
+            return unchanged
         if method is None:
-            return axes, pad_components(start, axes, size), None
+            return size, axes, pad_components(start, axes, size), None
         if method in initialization.MASKABLE_METHODS and not start:
-            return axes, start, self.n_components
-        return None, start, None
+            return size, axes, start, self.n_components
+        return unchanged
 
     def _keep_best(self, restarts: batch.RestartsResult, dtype) -> None:
         """Set the fitted attributes from the restart the driver selected."""
