@@ -1064,28 +1064,34 @@ def _initialize_restarts(family, keys, X, sample_weight, *, n_components, method
     return jax.vmap(one)(keys)
 
 
-def _pad_components(params, template):
-    """Pad every component axis (leading, per restart) to the template's size.
+def pad_components(params, axes, n_components: int, axis: int = 0):
+    """Params padded to ``n_components`` with masked components.
 
-    A leaf whose shape differs from the template's has a component axis (the
-    first after the restart axis): it is padded by repeating component 0, a
-    valid parameter value for any family, and the padded weights are set to
-    exactly zero, which masks those components out of the fit.
+    Each leaf whose ``axes`` entry is True has its component axis at
+    ``axis``; it is extended by repeats of component 0 (a valid value for
+    any family), and the padded weights are exactly zero, which masks those
+    components out of the fit and gives them a log joint density of −inf.
+    NumPy leaves stay on the host (no compiled program), JAX arrays on their
+    device.
     """
 
-    def pad(leaf, like):
-        missing = like.shape[1] - leaf.shape[1] if leaf.shape != like.shape else 0
-        if missing == 0:
+    def pad(leaf, has_axis, zero=False):
+        xp = np if isinstance(leaf, np.ndarray) else jnp
+        extra = n_components - leaf.shape[axis] if has_axis else 0
+        if not extra:
             return leaf
-        fill = jnp.repeat(leaf[:, :1], missing, axis=1)
-        return jnp.concatenate([leaf, fill], axis=1)
+        first = leaf[(slice(None),) * axis + (slice(1),)]
+        fill = xp.repeat(first, extra, axis=axis)
+        return xp.concatenate([leaf, xp.zeros_like(fill) if zero else fill], axis)
 
-    padded = jax.tree.map(pad, params, template)
-    n_restarts, n_active = params.weights.shape
-    zeros = jnp.zeros(
-        (n_restarts, template.weights.shape[1] - n_active), params.weights.dtype
-    )
-    return padded._replace(weights=jnp.concatenate([params.weights, zeros], axis=1))
+    padded = jax.tree.map(pad, params, axes)
+    return padded._replace(weights=pad(params.weights, True, zero=True))
+
+
+def _pad_to(params, template):
+    """Batched starts padded (component axis 1) to the template's components."""
+    axes = jax.tree.map(lambda leaf, like: leaf.shape != like.shape, params, template)
+    return pad_components(params, axes, template.weights.shape[1], axis=1)
 
 
 def _sweep(family, X, starts, tol, sample_weight, *, max_iter):
@@ -1207,7 +1213,7 @@ def _sweep_family(
         jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), p)
         for p in per_size
     )
-    starts = [_pad_components(p, per_size[-1]) for p in per_size]
+    starts = [_pad_to(p, per_size[-1]) for p in per_size]
     starts = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
     best, index, total = _sweep_jit(
         family, X, starts, tol, sample_weight, max_iter=max_iter

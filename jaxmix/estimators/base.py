@@ -89,27 +89,6 @@ def component_bucket(n_components: int, n_samples: int, n_features: int) -> int:
     return size
 
 
-def pad_components(params, axes, n_components: int):
-    """Host params padded to ``n_components`` with masked components.
-
-    Each component axis is extended by repeats of component 0 (valid values of
-    any family), with weight exactly zero: EM keeps such a component out of
-    the fit and the log joint density gives it −inf.
-    """
-
-    def pad(leaf, axis):
-        leaf = np.asarray(leaf)
-        extra = n_components - leaf.shape[0] if axis else 0
-        if not extra:
-            return leaf
-        return np.concatenate([leaf, np.repeat(leaf[:1], extra, axis=0)])
-
-    padded = jax.tree.map(pad, params, axes)
-    weights = np.zeros(n_components, padded.weights.dtype)
-    weights[: len(params.weights)] = params.weights
-    return padded._replace(weights=weights)
-
-
 def cut_components(params, axes, n_components: int, axis: int = 0):
     """The first ``n_components`` along each component axis (at ``axis``)."""
     index = (slice(None),) * axis + (slice(n_components),)
@@ -561,7 +540,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         if not family.masks_components:
             return unchanged
         if method is None:
-            return size, axes, pad_components(start, axes, size), None
+            return size, axes, batch.pad_components(start, axes, size), None
         if method in initialization.MASKABLE_METHODS and not start:
             return size, axes, start, self.n_components
         return unchanged
@@ -768,7 +747,7 @@ class MixtureEstimator(DensityMixin, EstimatorBase):
         size = component_bucket(n_components, *data.shape)
         axes = self._component_axes()
         if size > n_components and axes is not None:  # −inf for any family
-            params = pad_components(params, axes, size)
+            params = batch.pad_components(params, axes, size)
         with precision(X.dtype):
             log_prob, log_norm = _log_joint_and_norm(
                 family, jax.tree.map(np.asarray, params), data
