@@ -626,7 +626,9 @@ def _small_from_params(family, Xs, params, tol, sample_weight, *, max_iter, mome
 
 
 _small_from_params_jit = jax.jit(
-    _small_from_params, static_argnames=("max_iter", "moments")
+    _small_from_params,
+    static_argnames=("max_iter", "moments"),
+    compiler_options=small.COMPILER_OPTIONS,
 )
 
 
@@ -678,7 +680,9 @@ def _small_from_keys(
 
 
 _small_from_keys_jit = jax.jit(
-    _small_from_keys, static_argnames=("n_components", "method", "max_iter", "moments")
+    _small_from_keys,
+    static_argnames=("n_components", "method", "max_iter", "moments"),
+    compiler_options=small.COMPILER_OPTIONS,
 )
 
 

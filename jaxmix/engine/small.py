@@ -65,6 +65,15 @@ MAX_COMPONENTS = 8
 
 _LOG_2PI = math.log(2 * math.pi)
 
+#: Compiler options of this path's programs. XLA's CPU backend vectorises
+#: loops with 256-bit registers unless told otherwise, also on CPUs with
+#: 512-bit ones; this path is elementwise arithmetic over long planes, where
+#: the wider vectors pay. Measured on a 2-core Xeon with AVX-512 (N=500,
+#: D=2, K=3, full, 50 iterations, process CPU time per data set): float64
+#: 0.81 → 0.71 ms, float32 0.64 → 0.57 ms. Only XLA's CPU backend reads
+#: it, and a CPU without 512-bit vectors keeps its own width.
+COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+
 
 def applies(family, n_components: int, n_features: int, *, hard, criterion) -> bool:
     """Whether a fit of this family and shape runs on the small-problem path.
@@ -726,4 +735,8 @@ def run_small(
     )
 
 
-fit_small_jit = jax.jit(run_small, static_argnames=("max_iter", "moments"))
+fit_small_jit = jax.jit(
+    run_small,
+    static_argnames=("max_iter", "moments"),
+    compiler_options=COMPILER_OPTIONS,
+)
