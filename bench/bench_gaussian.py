@@ -52,10 +52,13 @@ import numpy as np
 CASES = {
     "full": dict(n_samples=200_000, n_features=32, n_components=16),
     "diag": dict(n_samples=1_000_000, n_features=16, n_components=32),
+    # issue 13's moderate size, where both cores are hardest to keep busy
+    "full50k": dict(n_samples=50_000, n_features=32, n_components=16),
 }
 QUICK = {
     "full": dict(n_samples=20_000, n_features=8, n_components=4),
     "diag": dict(n_samples=50_000, n_features=8, n_components=8),
+    "full50k": dict(n_samples=5_000, n_features=8, n_components=4),
 }
 
 
@@ -153,6 +156,7 @@ def run_case(
     import jaxmix
     from jaxmix.families import Gaussian, GaussianParams
 
+    covariance_type = covariance_type.removesuffix("50k")
     X, weights, means, covariances, precisions = problem(covariance_type, **shape)
     data = X.astype(dtype)
     n_samples, n_features = X.shape
