@@ -160,6 +160,53 @@ def test_one_program_for_several_n_components(covariance_type, init_params, n_fe
     assert programs[0] == programs[1] == programs[2]
 
 
+def test_poisson_mixture_shares_one_program_for_several_n_components():
+    # A Poisson mixture without priors masks components too: K = 1, 3 and 5
+    # are one compiled fit, each equal to the engine's own K-component fit.
+    rng = np.random.default_rng(5)
+    rates = np.array([[1.0, 6.0, 2.0], [9.0, 2.0, 0.5], [3.0, 3.0, 7.0]])
+    X = rng.poisson(rates[np.arange(210) % 3]).astype(float)
+    data, weights = pad_samples(X)
+    programs = []
+    for k in (1, 3, 5):
+        model = jaxmix.PoissonMixture(k, n_init=2, random_state=k).fit(X)
+        programs.append(_fit_restarts._cache_size())
+        if k == 5:
+            continue  # the engine's own K = 5 fit would compile again
+        with precision(X.dtype):
+            alone = batch.initialize_and_fit_jit(
+                Poisson(),
+                data,
+                jax.random.split(jax_key(k), 2),
+                model.tol,
+                weights,
+                None,
+                n_components=k,
+                method="kmeans",
+                max_iter=model.max_iter,
+            )
+        assert model.n_iter_ == int(alone.best.n_iter)
+        for name in ("weights", "rates"):
+            np.testing.assert_allclose(
+                getattr(model, f"{name}_"),
+                getattr(alone.best.params, name),
+                rtol=1e-10,
+                atol=1e-12,
+            )
+        # log p(x) = logsumexp_k(log π_k + Σ_d x log λ − λ − log x!), float64 NumPy.
+        log_joint = (
+            np.log(model.weights_)
+            + X @ np.log(model.rates_).T
+            - model.rates_.sum(axis=1)
+            - gammaln(X + 1).sum(axis=1, keepdims=True)
+        )
+        np.testing.assert_allclose(
+            model.score_samples(X), logsumexp(log_joint, axis=1), rtol=1e-10
+        )
+        assert model.predict_proba(X).shape == (len(X), k)
+    assert programs[0] == programs[1] == programs[2]
+
+
 def blobs(n_samples=150, seed=0):
     rng = np.random.default_rng(seed)
     centres = np.array([[0.0, 0.0], [5.0, 1.0], [1.0, 6.0]])

@@ -259,6 +259,9 @@ class PoissonMixture(MixtureEstimator):
     def _fitted_params(self) -> PoissonParams:
         return PoissonParams(self.weights_, self.rates_)
 
+    def _component_axes(self) -> PoissonParams:
+        return PoissonParams(True, True)
+
     def mean(self) -> np.ndarray:
         r"""Mean of the fitted mixture, :math:`E[x] = Σ_k π_k λ_k`, shape (D,)."""
         check_is_fitted(self)

@@ -156,6 +156,17 @@ class Poisson(Family):
         if isinstance(self.rate_prior, list):
             object.__setattr__(self, "rate_prior", tuple(self.rate_prior))
 
+    @property
+    def masks_components(self) -> bool:
+        """Without priors or missing values (see :class:`Family`): an emptied
+        component's rates are 0 (finite; its density is 0 where a count is
+        positive, never NaN), and nothing else sees it."""
+        return (
+            self.weight_concentration is None
+            and self.rate_prior is None
+            and not self.missing_values
+        )
+
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, as counted for BIC and AIC."""
         count = n_components * n_features
