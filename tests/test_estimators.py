@@ -3,6 +3,7 @@ families without means, and the stand-ins used without scikit-learn."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from jaxmix.estimators.base import (
     padded_size,
 )
 from jaxmix.estimators.validation import jax_key, precision
+from jaxmix.families.bernoulli import Bernoulli
 from jaxmix.families.poisson import Poisson, PoissonParams
 
 ESTIMATOR_NAMES = sorted(
@@ -160,22 +162,70 @@ def test_one_program_for_several_n_components(covariance_type, init_params, n_fe
     assert programs[0] == programs[1] == programs[2]
 
 
-def test_poisson_mixture_shares_one_program_for_several_n_components():
-    # A Poisson mixture without priors masks components too: K = 1, 3 and 5
-    # are one compiled fit, each equal to the engine's own K-component fit.
-    rng = np.random.default_rng(5)
+def _poisson_log_joint(X, model):
+    # log π_k + Σ_d x log λ − λ − log x!, float64 NumPy.
+    return (
+        np.log(model.weights_)
+        + X @ np.log(model.rates_).T
+        - model.rates_.sum(axis=1)
+        - gammaln(X + 1).sum(axis=1, keepdims=True)
+    )
+
+
+def _bernoulli_log_joint(X, model):
+    # log π_k + Σ_d x log θ + (1 − x) log(1 − θ), float64 NumPy.
+    with np.errstate(divide="ignore"):
+        on, off = np.log(model.means_), np.log1p(-model.means_)
+    on, off = np.maximum(on, -1e300), np.maximum(off, -1e300)
+    return np.log(model.weights_) + X @ on.T + (1 - X) @ off.T
+
+
+def _poisson_data(rng):
     rates = np.array([[1.0, 6.0, 2.0], [9.0, 2.0, 0.5], [3.0, 3.0, 7.0]])
-    X = rng.poisson(rates[np.arange(210) % 3]).astype(float)
+    return rng.poisson(rates[np.arange(210) % 3]).astype(float)
+
+
+def _bernoulli_data(rng):
+    means = np.array([[0.9, 0.1, 0.8, 0.2], [0.1, 0.9, 0.3, 0.7], [0.5, 0.5, 0.9, 0.9]])
+    return (rng.random((210, 4)) < means[np.arange(210) % 3]).astype(float)
+
+
+@pytest.mark.parametrize(
+    "estimator, family, fields, make_data, log_joint",
+    [
+        (
+            jaxmix.PoissonMixture,
+            Poisson(),
+            ("weights", "rates"),
+            _poisson_data,
+            _poisson_log_joint,
+        ),
+        (
+            functools.partial(jaxmix.BernoulliMixture, init_params="kmeans"),
+            Bernoulli(),
+            ("weights", "means"),
+            _bernoulli_data,
+            _bernoulli_log_joint,
+        ),
+    ],
+    ids=["poisson", "bernoulli"],
+)
+def test_count_mixtures_share_one_program_for_several_n_components(
+    estimator, family, fields, make_data, log_joint
+):
+    # Families without priors mask components too: K = 1, 3 and 5 are one
+    # compiled fit, each equal to the engine's own K-component fit.
+    X = make_data(np.random.default_rng(5))
     data, weights = pad_samples(X)
     programs = []
     for k in (1, 3, 5):
-        model = jaxmix.PoissonMixture(k, n_init=2, random_state=k).fit(X)
+        model = estimator(k, n_init=2, random_state=k).fit(X)
         programs.append(_fit_restarts._cache_size())
         if k == 5:
             continue  # the engine's own K = 5 fit would compile again
         with precision(X.dtype):
             alone = batch.initialize_and_fit_jit(
-                Poisson(),
+                family,
                 data,
                 jax.random.split(jax_key(k), 2),
                 model.tol,
@@ -186,22 +236,15 @@ def test_poisson_mixture_shares_one_program_for_several_n_components():
                 max_iter=model.max_iter,
             )
         assert model.n_iter_ == int(alone.best.n_iter)
-        for name in ("weights", "rates"):
+        for name in fields:
             np.testing.assert_allclose(
                 getattr(model, f"{name}_"),
                 getattr(alone.best.params, name),
                 rtol=1e-10,
                 atol=1e-12,
             )
-        # log p(x) = logsumexp_k(log π_k + Σ_d x log λ − λ − log x!), float64 NumPy.
-        log_joint = (
-            np.log(model.weights_)
-            + X @ np.log(model.rates_).T
-            - model.rates_.sum(axis=1)
-            - gammaln(X + 1).sum(axis=1, keepdims=True)
-        )
         np.testing.assert_allclose(
-            model.score_samples(X), logsumexp(log_joint, axis=1), rtol=1e-10
+            model.score_samples(X), logsumexp(log_joint(X, model), axis=1), rtol=1e-10
         )
         assert model.predict_proba(X).shape == (len(X), k)
     assert programs[0] == programs[1] == programs[2]

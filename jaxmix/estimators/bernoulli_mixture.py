@@ -254,6 +254,9 @@ class BernoulliMixture(MixtureEstimator):
     def _fitted_params(self) -> BernoulliParams:
         return BernoulliParams(self.weights_, self.means_)
 
+    def _component_axes(self) -> BernoulliParams:
+        return BernoulliParams(True, True)
+
     def partial_fit(self, X, y=None, sample_weight=None):
         """Update the model with one batch of data: one step of online EM.
 

@@ -90,6 +90,17 @@ class Bernoulli(Family):
         if isinstance(self.mean_prior, list):
             object.__setattr__(self, "mean_prior", tuple(self.mean_prior))
 
+    @property
+    def masks_components(self) -> bool:
+        """Without priors or missing values (see :class:`Family`): an emptied
+        component's means are 0 (finite; its density is 0 where a bit is on,
+        never NaN), and nothing else sees it."""
+        return (
+            self.weight_concentration is None
+            and self.mean_prior is None
+            and not self.missing_values
+        )
+
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, as counted for BIC and AIC."""
         count = n_components * n_features
