@@ -30,6 +30,7 @@ from jaxmix.estimators.base import (
 )
 from jaxmix.estimators.validation import jax_key, precision
 from jaxmix.families.bernoulli import Bernoulli
+from jaxmix.families.categorical import Categorical
 from jaxmix.families.poisson import Poisson, PoissonParams
 
 ESTIMATOR_NAMES = sorted(
@@ -184,6 +185,24 @@ def _bernoulli_log_joint(X, model):
     return np.log(model.weights_) + X @ on.T + (1 - X) @ off.T
 
 
+def _categorical_log_joint(X, model):
+    # log π_k + Σ_d log θ_{k,d,x_d}, float64 NumPy.
+    codes = X.astype(int)
+    features = np.arange(X.shape[1])
+    with np.errstate(divide="ignore"):  # a level of probability 0: −inf
+        return np.log(model.weights_) + np.stack(
+            [np.log(probs[features, codes]).sum(axis=1) for probs in model.probs_],
+            axis=1,
+        )
+
+
+def _categorical_data(rng):
+    levels = np.array([[0, 1, 2], [2, 2, 0], [1, 0, 1]])
+    noisy = rng.random((210, 3)) < 0.2
+    codes = np.where(noisy, rng.integers(3, size=(210, 3)), levels[np.arange(210) % 3])
+    return codes.astype(float)
+
+
 def _poisson_data(rng):
     rates = np.array([[1.0, 6.0, 2.0], [9.0, 2.0, 0.5], [3.0, 3.0, 7.0]])
     return rng.poisson(rates[np.arange(210) % 3]).astype(float)
@@ -209,8 +228,14 @@ def _bernoulli_data(rng):
             _bernoulli_data,
             _bernoulli_log_joint,
         ),
+        (
+            functools.partial(jaxmix.CategoricalMixture, init_params="kmeans"),
+            Categorical(n_levels=3),
+            _categorical_data,
+            _categorical_log_joint,
+        ),
     ],
-    ids=["poisson", "bernoulli"],
+    ids=["poisson", "bernoulli", "categorical"],
 )
 def test_count_mixtures_share_one_program_for_several_n_components(
     estimator, family, make_data, log_joint

@@ -260,6 +260,9 @@ class CategoricalMixture(MixtureEstimator):
     def _fitted_params(self) -> CategoricalParams:
         return CategoricalParams(self.weights_, self.probs_)
 
+    def _component_axes(self) -> CategoricalParams:
+        return CategoricalParams(True, True)
+
     def _draw(self, rng, labels):
         # Codes in 0 … L − 1 by inverse CDF per feature: the code is the number
         # of cumulative probabilities below a uniform draw.

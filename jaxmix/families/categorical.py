@@ -189,6 +189,16 @@ class Categorical(Family):
                 if isinstance(value, (list, tuple)):
                     object.__setattr__(self, name, np.asarray(value, np.float64))
 
+    @property
+    def masks_components(self) -> bool:
+        """Without priors or missing values (see :class:`Family`): an emptied
+        component gets uniform levels (finite), and nothing else sees it."""
+        return (
+            self.weight_concentration is None
+            and self.level_prior is None
+            and not self.missing_values
+        )
+
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters: K·D·(L − 1) level probabilities (and K − 1 weights)."""
         count = n_components * n_features * (self.n_levels - 1)
