@@ -14,7 +14,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from scipy.special import gammaln, logsumexp
+from scipy.special import gammaln, logsumexp, xlogy
 
 import jaxmix
 from jaxmix.engine import batch
@@ -178,11 +178,10 @@ def _poisson_log_joint(X, model):
 
 
 def _bernoulli_log_joint(X, model):
-    # log π_k + Σ_d x log θ + (1 − x) log(1 − θ), float64 NumPy.
-    with np.errstate(divide="ignore"):
-        on, off = np.log(model.means_), np.log1p(-model.means_)
-    on, off = np.maximum(on, -1e300), np.maximum(off, -1e300)
-    return np.log(model.weights_) + X @ on.T + (1 - X) @ off.T
+    # log π_k + Σ_d x log θ + (1 − x) log(1 − θ), float64 NumPy, 0 · log 0 = 0.
+    x, means = X[:, None, :], model.means_[None]
+    terms = xlogy(x, means) + xlogy(1 - x, 1 - means)
+    return np.log(model.weights_) + terms.sum(axis=-1)
 
 
 def _categorical_log_joint(X, model):

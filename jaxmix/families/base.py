@@ -179,6 +179,11 @@ class Family(abc.ABC):
     #: that handle missing values declare it as a static field, off by
     #: default, so complete data keeps the program it always had.
     missing_values: ClassVar[bool] = False
+    #: Fields that put a prior on the parameters when not None.
+    prior_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether the M-step of a component that takes no sample gives finite
+    #: parameters whose log density is never NaN (it may be −inf).
+    finite_empty_components: ClassVar[bool] = False
 
     @property
     def masks_components(self) -> bool:
@@ -187,12 +192,17 @@ class Family(abc.ABC):
         True when a fit whose last components have weight exactly zero,
         started by :func:`jaxmix.engine.initialization.initial_params` with
         ``n_active``, equals (to round-off) the fit with only the active
-        components, so one compiled program can serve several K. It needs an
-        objective with no term for the masked components (no prior) and
-        finite parameters for a component that takes no sample. False unless
-        a family says so.
+        components, so one compiled program can serve several K. It needs
+        finite parameters for a component that takes no sample
+        (:attr:`finite_empty_components`), an objective with no term for the
+        masked components (none of :attr:`prior_fields` set) and no missing
+        values (whose start and statistics differ).
         """
-        return False
+        return (
+            self.finite_empty_components
+            and not self.missing_values
+            and all(getattr(self, name) is None for name in self.prior_fields)
+        )
 
     # -- required ----------------------------------------------------------------
     @abc.abstractmethod

@@ -73,6 +73,9 @@ class Bernoulli(Family):
     location_field = "means"
     # Each θ_kd has its own maximiser: its entries can be held fixed.
     fixable_fields = ("means",)
+    prior_fields = ("weight_concentration", "mean_prior")
+    # An empty component's means are 0: density 0 where a bit is on.
+    finite_empty_components = True
 
     weight_concentration: Any = None
     mean_prior: Any = None
@@ -89,17 +92,6 @@ class Bernoulli(Family):
             )
         if isinstance(self.mean_prior, list):
             object.__setattr__(self, "mean_prior", tuple(self.mean_prior))
-
-    @property
-    def masks_components(self) -> bool:
-        """Without priors or missing values (see :class:`Family`): an emptied
-        component's means are 0 (finite; its density is 0 where a bit is on,
-        never NaN), and nothing else sees it."""
-        return (
-            self.weight_concentration is None
-            and self.mean_prior is None
-            and not self.missing_values
-        )
 
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, as counted for BIC and AIC."""

@@ -161,6 +161,9 @@ class Categorical(Family):
     """
 
     params_type = CategoricalParams
+    prior_fields = ("weight_concentration", "level_prior")
+    # An empty component gets uniform levels.
+    finite_empty_components = True
 
     n_levels: int = static()
     weight_concentration: Any = None
@@ -188,16 +191,6 @@ class Categorical(Family):
                 _check_concentration(value, name, n_levels)
                 if isinstance(value, (list, tuple)):
                     object.__setattr__(self, name, np.asarray(value, np.float64))
-
-    @property
-    def masks_components(self) -> bool:
-        """Without priors or missing values (see :class:`Family`): an emptied
-        component gets uniform levels (finite), and nothing else sees it."""
-        return (
-            self.weight_concentration is None
-            and self.level_prior is None
-            and not self.missing_values
-        )
 
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters: K·D·(L − 1) level probabilities (and K − 1 weights)."""

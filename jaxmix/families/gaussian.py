@@ -116,6 +116,9 @@ class Gaussian(Family):
     location_field = "means"
     centred_fit = True
     fixable_fields = ("means", "covariances")
+    prior_fields = ("weight_concentration", "covariance_prior")
+    # An empty component's mean is the centring point, its covariance reg_covar.
+    finite_empty_components = True
 
     covariance_type: str = static("full")
     reg_covar: Any = 1e-6
@@ -153,17 +156,6 @@ class Gaussian(Family):
     def label(self) -> str:
         """The covariance type, which names the model in selection tables."""
         return self.covariance_type
-
-    @property
-    def masks_components(self) -> bool:
-        """Without priors or missing values (see :class:`Family`): an empty
-        component's M-step gives finite parameters (its mean at the centring
-        point, its covariance ``reg_covar``), and nothing else sees it."""
-        return (
-            self.weight_concentration is None
-            and not self.has_covariance_prior
-            and not self.missing_values
-        )
 
     @property
     def has_covariance_prior(self) -> bool:

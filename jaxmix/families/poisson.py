@@ -145,6 +145,9 @@ class Poisson(Family):
     location_field = "rates"
     # Each λ_kd has its own maximiser: its entries can be held fixed.
     fixable_fields = ("rates",)
+    prior_fields = ("weight_concentration", "rate_prior")
+    # An empty component's rates are 0: density 0 where a count is positive.
+    finite_empty_components = True
 
     weight_concentration: Any = None
     rate_prior: Any = None
@@ -155,17 +158,6 @@ class Poisson(Family):
         _check_priors(self.weight_concentration, self.rate_prior)
         if isinstance(self.rate_prior, list):
             object.__setattr__(self, "rate_prior", tuple(self.rate_prior))
-
-    @property
-    def masks_components(self) -> bool:
-        """Without priors or missing values (see :class:`Family`): an emptied
-        component's rates are 0 (finite; its density is 0 where a count is
-        positive, never NaN), and nothing else sees it."""
-        return (
-            self.weight_concentration is None
-            and self.rate_prior is None
-            and not self.missing_values
-        )
 
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters, as counted for BIC and AIC."""
