@@ -27,7 +27,7 @@ N, D, K, ITERATIONS = 60, 4, 3, 20
 
 
 # -- references -----------------------------------------------------------------
-def _to_full(covariance_type, covariances):
+def _to_full(covariance_type, covariances, K, D):
     if covariance_type == "full":
         return covariances
     if covariance_type == "tied":
@@ -39,7 +39,8 @@ def _to_full(covariance_type, covariances):
 
 def _gaussian_step(X, weights, means, covariances, covariance_type, reg):
     """One missing-data EM iteration, row by row; returns params and mean ll."""
-    full = _to_full(covariance_type, covariances)
+    K, D = means.shape
+    full = _to_full(covariance_type, covariances, K, D)
     log_prob = np.zeros((len(X), K))
     completed = np.zeros((len(X), K, D))
     conditional = np.zeros((len(X), K, D, D))
@@ -200,6 +201,44 @@ def test_gaussian_matches_numpy_reference(
     # Exact EM: the observed-data log-likelihood never decreases.
     assert np.all(np.diff(trace) > -1e-12)
     assert jaxmix.check.check_monotone(whole.trace).ok
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_gaussian_many_features_matches_numpy_reference(covariance_type):
+    # D = 11: sub-blocks condition at every size written out entry by entry
+    # (1 to 8 missing features) and at the full size (9 to 11 missing, and
+    # rows with nothing observed), each summing conditional covariances its
+    # own way.
+    rng = np.random.default_rng(7)
+    d, iterations = 11, 3
+    # Whole 512-row sub-blocks with at most 1, 3, 4, 6, 8 and 11 missing.
+    sizes = [(0, 20), (1, 492), (3, 512), (4, 512), (6, 512), (8, 512)]
+    counts = np.concatenate([np.full(m, c) for c, m in sizes + [(10, 500), (11, 12)]])
+    counts = rng.permutation(counts)
+    n = len(counts)
+    X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 2.0
+    X[: n // 2] += 3
+    missing = np.argsort(rng.random((n, d)), axis=1) < counts[:, None]
+    data = np.where(missing, np.nan, X)
+    spread = np.cov(X.T)
+    means = X[rng.choice(n, K, replace=False)]
+    covariances = spread if covariance_type == "tied" else np.stack([spread] * K)
+    params = (np.full(K, 1.0 / K), means, covariances)
+    trace = []
+    for _ in range(iterations):
+        params, log_likelihood = _gaussian_step(data, *params, covariance_type, 1e-6)
+        trace.append(log_likelihood)
+    with jax.enable_x64(True):
+        fit = jaxmix.fit(
+            Gaussian(covariance_type, missing_values=True),
+            jnp.asarray(data),
+            _start(means, covariances),
+            max_iter=iterations,
+            tol=-1.0,
+        )
+    for got, expected in zip(fit.params, params):
+        np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(fit.trace, trace, rtol=1e-10)
 
 
 def test_gaussian_vmap_equals_one_by_one(gaussian_data, gaussian_fits):
