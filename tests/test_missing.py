@@ -205,16 +205,15 @@ def test_gaussian_matches_numpy_reference(
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
 def test_gaussian_many_features_matches_numpy_reference(covariance_type):
-    # D = 11: sub-blocks condition at every size written out entry by entry
-    # (1 to 8 missing features) and at the full size (9 to 11 missing, and
-    # rows with nothing observed), each summing conditional covariances its
-    # own way.
+    # D = 14: sub-blocks condition at every size written out entry by entry
+    # (1 to 8 missing features), and a last one mixes rows with 8 missing
+    # (conditioned on the missing block) and rows with 9 to 14 missing
+    # (conditioned on the observed block, down to nothing observed).
     rng = np.random.default_rng(7)
-    d, iterations = 11, 3
-    # Whole 512-row sub-blocks with at most 1, 3, 4, 6, 8 and 11 missing.
-    sizes = [(0, 20), (1, 492), (3, 512), (4, 512), (6, 512), (8, 512)]
-    counts = np.concatenate([np.full(m, c) for c, m in sizes + [(10, 500), (11, 12)]])
-    counts = rng.permutation(counts)
+    d, iterations = 14, 3
+    sizes = [(0, 20), (1, 492), (3, 512), (4, 512), (6, 512), (8, 612)]
+    sizes += [(9, 150), (12, 150), (14, 12)]
+    counts = rng.permutation(np.concatenate([np.full(m, c) for c, m in sizes]))
     n = len(counts)
     X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 2.0
     X[: n // 2] += 3
