@@ -29,13 +29,10 @@ import sys
 import time
 import warnings
 
+import _machine
 import jax
 import numpy as np
 from threadpoolctl import threadpool_limits
-
-
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _stack(n_sets, n_samples, n_features, n_components, seed=0):
@@ -254,12 +251,19 @@ def main() -> None:
     parser.add_argument("--part", choices=("a", "b", "c"), action="append")
     args = parser.parse_args()
     parts = args.part or ["a", "b", "c"]
-    results = {"load_before": _load(), "cpus": os.cpu_count(), "jax": jax.__version__}
+    results = {
+        "load_before": _machine.load(),
+        "cpus": _machine.cpu_count(),
+        "jax": _machine.version("jax"),
+    }
+    steal = _machine.Steal().start()
     for name in parts:
         results[name] = {"a": part_a, "b": part_b, "c": part_c}[name](args.quick)
         print(name, json.dumps(results[name], indent=1), flush=True)
-    results["load_after"] = _load()
+    results["load_after"] = _machine.load()
+    steal.stop()
     print(json.dumps(results, indent=1))
+    print(steal.line())
 
 
 if __name__ == "__main__":

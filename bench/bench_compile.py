@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+import _machine
+
 _FIRST_FIT = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -65,22 +67,8 @@ print(json.dumps({"import": t1 - t0, "grid": t2 - t1}))
 
 
 def cpu_description() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    avx512 = "AVX-512" if "avx512f" in flags else "no AVX-512"
-    return f"{model}, {os.cpu_count()} logical CPUs, {avx512}"
-
-
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    avx512 = "AVX-512" if _machine.has_avx512() else "no AVX-512"
+    return f"{_machine.cpu_model()}, {_machine.cpu_count()} logical CPUs, {avx512}"
 
 
 def _fresh(script: str, library: str, cache: str | None) -> dict:
@@ -149,7 +137,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(cpu_description())
-    print(f"load average before: {_load()}")
+    print(f"load average before: {_machine.load()}")
+    steal = _machine.Steal().start()
 
     first = fresh_processes(_FIRST_FIT, args.repeats)
     print("\n(a) fresh process: import, first GaussianMixture(3).fit on iris [s]")
@@ -175,7 +164,9 @@ def main() -> None:
         print(f"  {name:17s} {value * 1e3:7.1f}")
     best = min(warm["sklearn"], warm["sklearn_1_thread"])
     print(f"  jaxmix / scikit-learn (its faster setting): {warm['jaxmix'] / best:.2f}x")
-    print(f"\nload average after: {_load()}")
+    steal.stop()
+    print(f"\nload average after: {_machine.load()}")
+    print(steal.line())
 
 
 if __name__ == "__main__":

@@ -34,21 +34,9 @@ import subprocess
 import sys
 import time
 
+import _machine
+
 D, K, SEED = 16, 16, 0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def _data(n_samples: int):
@@ -202,14 +190,16 @@ def main() -> None:
         child(args.child, args, args.process_id, args.port)
         return
 
-    import jax
-
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__}")
+    print(
+        f"CPU: {_machine.cpu_model()}, {_machine.cpu_count()} cores; "
+        f"{_machine.versions('jax')}"
+    )
     print(
         f"full covariance, N={args.samples}, D={D}, K={K}, float32, "
         f"{args.iterations} EM iterations; fastest of {args.repeats} after warm-up"
     )
-    print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"load average before: {_machine.load(1)}")
+    steal = _machine.Steal().start()
     layouts = {
         "one_process": "1 process, 1 device",
         "two_devices": "1 process, 2 devices",
@@ -232,6 +222,8 @@ def main() -> None:
             f"(N padded {first['padded_samples']}, "
             f"objective {first['log_likelihood']:.6f})"
         )
+    steal.stop()
+    print(steal.line())
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import time
 import warnings
 
+import _machine
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,44 +87,17 @@ START_SAMPLES = 20_000
 HELD_OUT_BLOCK = 8192
 
 
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def machine() -> list[str]:
     """Lines on the CPU (model, AVX-512), memory, versions and BLAS threads."""
-    import sklearn
-    import threadpoolctl
-
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    avx512 = sorted(flag for flag in flags if flag.startswith("avx512"))
-    try:
-        with open("/proc/meminfo") as f:
-            memory = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB memory"
-    except (OSError, ValueError, IndexError):
-        memory = "memory unknown"
-    blas = [
-        f"{os.path.basename(i['filepath'])} {i.get('version')} "
-        f"({i.get('architecture')}, {i['num_threads']} threads)"
-        for i in threadpoolctl.threadpool_info()
-        if i["user_api"] == "blas"
-    ]
+    gib = _machine.memory_gib()
+    memory = "memory unknown" if gib is None else f"{gib:.0f} GiB memory"
+    avx512 = _machine.avx512_flags()
     return [
-        f"CPU: {model}, {os.cpu_count()} logical CPUs, {memory}",
+        f"CPU: {_machine.cpu_model()}, {_machine.cpu_count()} logical CPUs, {memory}",
         "AVX-512: " + (f"yes ({' '.join(avx512)})" if avx512 else "no"),
-        f"jax {jax.__version__}, numpy {np.__version__}, scikit-learn "
-        f"{sklearn.__version__}; BLAS (threadpoolctl): {'; '.join(blas)}",
-        f"load average before: {_load()}",
+        f"{_machine.versions('jax', 'numpy', 'scikit-learn')}; "
+        f"BLAS (threadpoolctl): {_machine.blas()}",
+        f"load average before: {_machine.load()}",
     ]
 
 
@@ -379,7 +352,7 @@ def run_case(
         K=n_components,
         q=n_factors,
         iters=n_iter,
-        load=_load(),
+        load=_machine.load(),
         sklearn_threads={key.split()[1]: ms for key, ms in threads.items()},
         **{
             f"{key}_{field}": value
@@ -469,10 +442,10 @@ def tables(rows) -> str:
 def _sklearn_threads(choice: str) -> tuple:
     """Thread settings to time scikit-learn with (None: its defaults)."""
     if choice == "auto":
-        busy = os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5
+        busy = os.getloadavg()[0] > (_machine.cpu_count() or 1) - 0.5
         choice = "1" if busy else "both"
         print(
-            f"load {_load()}: scikit-learn with "
+            f"load {_machine.load()}: scikit-learn with "
             + ("one thread only (busy machine)" if busy else "both thread settings"),
             flush=True,
         )
@@ -506,6 +479,7 @@ def main():
 
     print("\n".join(machine()), flush=True)
     begin_all = time.perf_counter()
+    steal = _machine.Steal().start()
     synthetic = dict(QUICK_SYNTHETIC if args.quick else SYNTHETIC)
     digits = dict(DIGITS)
     for key, value in (
@@ -564,7 +538,9 @@ def main():
                 f"load {row['load']}",
                 flush=True,
             )
-    print(f"\n{time.perf_counter() - begin_all:.0f} s in all; load {_load()}\n")
+    steal.stop()
+    print(f"\n{time.perf_counter() - begin_all:.0f} s in all; load {_machine.load()}")
+    print(steal.line() + "\n")
     print(tables(rows))
 
 

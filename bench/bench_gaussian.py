@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import time
 import warnings
 
+import _machine
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,39 +61,17 @@ QUICK = {
 }
 
 
-def _load() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def machine() -> list[str]:
     """Lines describing the machine and the software versions."""
-    import sklearn
-    import threadpoolctl
-
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in lscpu.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown"
-    with open("/proc/meminfo") as f:
-        mem_kb = int(f.readline().split()[1])
-    blas = [
-        f"{os.path.basename(i['filepath'])} {i.get('version')} "
-        f"({i.get('architecture')}, {i['num_threads']} threads)"
-        for i in threadpoolctl.threadpool_info()
-        if i["user_api"] == "blas"
-    ]
+    gib = _machine.memory_gib()
+    memory = "memory unknown" if gib is None else f"{gib:.0f} GiB memory"
     env = {
         k: os.environ.get(k, "unset") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     }
     return [
-        f"CPU: {model}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB memory",
-        f"jax {jax.__version__}, numpy {np.__version__}, scikit-learn "
-        f"{sklearn.__version__}; BLAS (threadpoolctl): {'; '.join(blas)}",
+        f"CPU: {_machine.cpu_model()}, {_machine.cpu_count()} cores, {memory}",
+        f"{_machine.versions('jax', 'numpy', 'scikit-learn')}; "
+        f"BLAS (threadpoolctl): {_machine.blas()}",
         "environment: " + ", ".join(f"{k}={v}" for k, v in env.items()),
     ]
 
@@ -215,7 +192,7 @@ def run_case(
         compile_s=first - warm,
         jax_fit_s=warm,
         jax_iter_ms=warm / n_iter * 1e3,
-        load=_load(),
+        load=_machine.load(1),
     )
     if covariance_type == "full":
         flops = 4 * n_samples * n_components * n_features**2
@@ -278,6 +255,7 @@ def main():
     args = parser.parse_args()
 
     print("\n".join(machine()))
+    steal = _machine.Steal().start()
     size = 512 if args.quick else 4096
     ceilings = {}
     for name in args.dtypes.split(","):
@@ -286,7 +264,7 @@ def main():
         print(
             f"square {size}x{size} matrix product, {name}: "
             f"XLA {ceilings[name]:.0f} GFLOP/s, "
-            f"numpy {numpy_ceiling(dtype, size):.0f} GFLOP/s; load {_load()}",
+            f"numpy {numpy_ceiling(dtype, size):.0f} GFLOP/s; load {_machine.load(1)}",
             flush=True,
         )
     shapes = QUICK if args.quick else CASES
@@ -316,6 +294,8 @@ def main():
                 + f"; load {row['load']}",
                 flush=True,
             )
+    steal.stop()
+    print(steal.line())
     print()
     print(table(rows))
 

@@ -28,47 +28,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
+
+import _machine
 
 METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALARM_MARKERS = ("slow_operation_alarm", "Constant folding")
 
 
-def _load() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
-    return usage.ru_utime + usage.ru_stime
-
-
 def machine() -> list[str]:
     """Lines describing the CPU (model, cores, AVX-512) and the software."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    avx512 = sorted(flag for flag in flags if flag.startswith("avx512"))
-    import jax
-    import numpy as np
-
+    avx512 = _machine.avx512_flags()
     return [
-        f"CPU: {model}, {os.cpu_count()} cores; AVX-512: "
+        f"CPU: {_machine.cpu_model()}, {_machine.cpu_count()} cores; AVX-512: "
         + (f"yes ({' '.join(avx512)})" if avx512 else "no"),
-        f"python {platform.python_version()}, jax {jax.__version__}, "
-        f"numpy {np.__version__}",
+        _machine.versions("python", "jax", "numpy"),
     ]
 
 
@@ -92,11 +68,11 @@ def child(n_samples: int, method: str) -> None:
         key = jax.random.key(0)
         times, cpu_times = [], []
         for _ in range(2):
-            cpu, begin = _cpu_seconds(), time.perf_counter()
+            cpu, begin = _machine.cpu_seconds(), time.perf_counter()
             params = jaxmix.initialize(Gaussian("full"), key, data, 6, method=method)
             jax.block_until_ready(params)
             times.append(time.perf_counter() - begin)
-            cpu_times.append(_cpu_seconds() - cpu)
+            cpu_times.append(_machine.cpu_seconds() - cpu)
     result = {"first": times[0], "first_cpu": cpu_times[0], "second": times[1]}
     print(json.dumps({**result, "jaxmix": jaxmix.__file__}))
 
@@ -145,7 +121,8 @@ def main() -> None:
 
     for line in machine():
         print(line)
-    print(f"load average before: {_load()}")
+    print(f"load average before: {_machine.load(1)}")
+    steal = _machine.Steal().start()
     results = {}
     for repeat in range(args.repeats):
         for n_samples in args.sizes:
@@ -158,10 +135,12 @@ def main() -> None:
                         f"{label:8s} first {out['first']:6.2f} s (CPU "
                         f"{out['first_cpu']:6.2f} s), second "
                         f"{out['second']:6.2f} s, {out['alarms']} alarm lines "
-                        f"(load {_load()}) [{out['jaxmix']}]",
+                        f"(load {_machine.load(1)}) [{out['jaxmix']}]",
                         flush=True,
                     )
-    print(f"load average after: {_load()}")
+    steal.stop()
+    print(f"load average after: {_machine.load(1)}")
+    print(steal.line())
     print()
     header = "| N | method | " + " | ".join(
         f"{label}: first call (s) | {label}: first call, CPU (s) | "

@@ -24,17 +24,12 @@ Usage: python bench/bench_kmeans.py [--quick] [--repeats R]
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import time
 
+import _machine
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _data(n_samples, n_features, n_clusters, seed=0):
@@ -46,17 +41,12 @@ def _data(n_samples, n_features, n_clusters, seed=0):
     return X, start
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
-    return usage.ru_utime + usage.ru_stime
-
-
 def _timed(function):
     """Wall-clock seconds, process CPU seconds (all threads) and the result."""
-    cpu, begin = _cpu_seconds(), time.perf_counter()
+    cpu, begin = _machine.cpu_seconds(), time.perf_counter()
     out = function()
     jax.block_until_ready(out)
-    return time.perf_counter() - begin, _cpu_seconds() - cpu, out
+    return time.perf_counter() - begin, _machine.cpu_seconds() - cpu, out
 
 
 def bench_kmeans(X, start, n_iter, repeats, rows):
@@ -127,7 +117,7 @@ def bench_kmeans(X, start, n_iter, repeats, rows):
         name = np.dtype(dtype).name
         print(
             f"K-means {name} ({n_iter} iterations; max centre gap {gap:.1e}); "
-            f"load {_load()}",
+            f"load {_machine.load()}",
             flush=True,
         )
         for contender, (seconds, cpu) in best.items():
@@ -213,7 +203,7 @@ def bench_kmedians(X, start, n_iter, repeats, rows):
     print(
         f"K-medians float64: engine {ours * 1e3:.0f} ms/iteration, numpy "
         f"{theirs * 1e3:.0f} ms/iteration (one-off column sort {sort_seconds:.2f} "
-        f"s; first iteration gap {gap:.1e}); load {_load()}",
+        f"s; first iteration gap {gap:.1e}); load {_machine.load()}",
         flush=True,
     )
     rows.append(
@@ -231,16 +221,19 @@ def main():
     n_samples = 100_000 if args.quick else 1_000_000
     X, start = _data(n_samples, 16, 64)
     print(
-        f"N={n_samples}, D=16, K=64; jax {jax.__version__}, "
-        f"{os.cpu_count()} CPUs; load {_load()}",
+        f"N={n_samples}, D=16, K=64; {_machine.versions('jax')}, "
+        f"{_machine.cpu_count()} CPUs; load {_machine.load()}",
         flush=True,
     )
+    steal = _machine.Steal().start()
     rows = [
         "| task | scikit-learn / numpy | jaxmix.KMeans (ratio) | engine (ratio) |",
         "|---|---|---|---|",
     ]
     bench_kmeans(X, start, 20, args.repeats, rows)
     bench_kmedians(X, start, 5, args.repeats, rows)
+    steal.stop()
+    print(steal.line())
     print("\n".join(rows))
 
 

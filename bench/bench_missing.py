@@ -19,11 +19,9 @@ Usage: python bench/bench_missing.py [--quick] [--repeats R]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import time
 
+import _machine
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,20 +34,11 @@ QUICK = dict(n_samples=8_000, n_features=16, n_components=8)
 
 
 def machine() -> list[str]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in lscpu.splitlines()
-            if line.startswith("Model name")
-        )
-        avx512 = "avx512f" in lscpu
-    except (OSError, StopIteration):
-        model, avx512 = platform.processor() or "unknown", False
     return [
-        f"CPU: {model} ({os.cpu_count()} cores), AVX-512: {avx512}",
-        f"jax {jax.__version__}, numpy {np.__version__}",
-        f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        f"CPU: {_machine.cpu_model()} ({_machine.cpu_count()} cores), "
+        f"AVX-512: {_machine.has_avx512()}",
+        _machine.versions("jax", "numpy"),
+        f"load average: {_machine.load(1)}",
     ]
 
 
@@ -134,6 +123,7 @@ def main():
     case = QUICK if args.quick else CASE
     n, d, k = case["n_samples"], case["n_features"], case["n_components"]
     print("\n".join(machine()))
+    steal = _machine.Steal().start()
     print(f"case: full covariance, N={n}, D={d}, K={k}, 20% missing, float32")
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=3.0, size=(k, d))
@@ -160,7 +150,9 @@ def main():
     print(f"NumPy host loop        : {host * 1e3:9.1f} ms/iteration")
     print(f"missing / complete     : {missing / complete:9.1f}x (target: within 3x)")
     print(f"host loop / missing    : {host / missing:9.1f}x")
-    print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    steal.stop()
+    print(f"load average after: {_machine.load(1)}")
+    print(steal.line())
 
 
 if __name__ == "__main__":

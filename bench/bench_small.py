@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 
+import _machine
 import jax
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -33,22 +33,11 @@ from threadpoolctl import threadpool_limits
 N_SAMPLES, N_FEATURES, N_COMPONENTS, N_ITER = 500, 2, 3, 50
 
 
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def _cpu() -> dict:
-    model, flags = "unknown", set()
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
     return {
-        "model": model,
-        "avx512f": "avx512f" in flags,
-        "cpus": os.cpu_count(),
+        "model": _machine.cpu_model(),
+        "avx512f": _machine.has_avx512(),
+        "cpus": _machine.cpu_count(),
     }
 
 
@@ -146,7 +135,7 @@ def _jaxmix(Xs, starts, rounds):
         for dtype, path in configs:
             wall, cpu = _timed(runs[dtype, path], dtype)
             if (dtype, path) not in best or wall < best[dtype, path][0]:
-                best[dtype, path] = (wall, cpu, _load())
+                best[dtype, path] = (wall, cpu, _machine.load())
     n_sets = len(Xs)
     for key, (wall, cpu, load) in best.items():
         out[key].update(
@@ -193,7 +182,7 @@ def _sklearn(Xs, starts, n_sets, threads):
         "ms_per_set": 1e3 * wall / n_sets,
         "cpu_ms_per_set": 1e3 * cpu / n_sets,
         "sets_timed": n_sets,
-        "load": _load(),
+        "load": _machine.load(),
     }
     print("sklearn threads", threads, out, flush=True)
     return out
@@ -209,12 +198,13 @@ def main() -> None:
     rounds = 2 if args.quick else 4
     results = {
         "cpu": _cpu(),
-        "jax": jax.__version__,
+        "jax": _machine.version("jax"),
         "workload": f"{n_sets} sets, N={N_SAMPLES}, D={N_FEATURES}, "
         f"K={N_COMPONENTS}, full, {N_ITER} iterations, tol=0, given starts",
-        "load_before": _load(),
+        "load_before": _machine.load(),
     }
     print(json.dumps(results, indent=1), flush=True)
+    steal = _machine.Steal().start()
     Xs = _stack(n_sets)
     starts = _starts(Xs)
     jaxmix_out, fits = _jaxmix(Xs, starts, rounds)
@@ -246,8 +236,10 @@ def main() -> None:
         / jaxmix_out[f"{dtype} small"]["ms_per_set"]
         for dtype in ("float64", "float32")
     }
-    results["load_after"] = _load()
+    results["load_after"] = _machine.load()
+    steal.stop()
     print(json.dumps(results, indent=1))
+    print(steal.line())
 
 
 if __name__ == "__main__":

@@ -28,34 +28,21 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+import _machine
+
 D, K, CHUNK = 16, 16, 65536
 
 
 def machine() -> list[str]:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    import jax
-
     return [
-        f"CPU: {model}, {os.cpu_count()} cores, AVX-512: "
-        f"{'yes' if 'avx512f' in flags else 'no'}",
-        f"jax {jax.__version__}, python {platform.python_version()}, "
-        f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        f"CPU: {_machine.cpu_model()}, {_machine.cpu_count()} cores, AVX-512: "
+        f"{'yes' if _machine.has_avx512() else 'no'}",
+        f"{_machine.versions('jax', 'python')}, load {_machine.load(1)}",
     ]
 
 
@@ -157,6 +144,7 @@ def main():
         print(json.dumps(worker(*args.worker)))
         return
     print("\n".join(machine()))
+    steal = _machine.Steal().start()
     print(f"full covariance, D={D}, K={K}, float32, chunks of {CHUNK} rows")
     print("| N | mode | s / iteration | ns / sample | peak RSS MB | objective |")
     print("|---:|---|---:|---:|---:|---:|")
@@ -186,9 +174,11 @@ def main():
         if mode == "stream" and (n_samples, "memory") in rows:
             ratio = row["ns_per_sample"] / rows[(n_samples, "memory")]["ns_per_sample"]
             print(f"N={n_samples:,}: streamed / in-memory time per sample {ratio:.2f}")
+    steal.stop()
     ceilings = [row["gflops_ceiling"] for row in rows.values()]
     if ceilings:
         print(f"XLA float32 matrix product: {max(ceilings):.0f} GFLOP/s")
+    print(steal.line())
 
 
 if __name__ == "__main__":
