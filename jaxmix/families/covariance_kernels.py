@@ -558,7 +558,11 @@ def _inverse_of_factor(conditioned: _Conditioned) -> Array:
     """
     if conditioned.inverse is not None:
         return conditioned.inverse
-    factor = conditioned.factor
+    return _invert_stacked(conditioned.factor)
+
+
+def _invert_stacked(factor: Array) -> Array:
+    """L⁻¹ (s, s, ...) of a stacked lower factor, entry by entry."""
     entries = [[factor[i, j] for j in range(i + 1)] for i in range(factor.shape[0])]
     return _stack_lower(_inverse_lower(entries))
 
@@ -573,6 +577,19 @@ def _stacked_product(matrices: Array, data_t: Array, means: Array) -> Array:
     product = (stacked @ data_t).reshape(matrices.shape[0], n_features, -1)
     moved = jnp.einsum("kde,ke->kd", matrices, means)  # (K, D)
     return product - moved[:, :, None]
+
+
+def _slot_block(matrices: Array, index: Array, used: Array) -> Array:
+    """Each row's block of ``matrices`` (K or 1, D, D) at its slots: (K, s, s, n).
+
+    ``index`` (s, n) lists the features, ``used`` (s, n) marks the slots in
+    use; a padded slot gets an identity row and column.
+    """
+    n_features, size = matrices.shape[-1], index.shape[0]
+    flat = index[:, None, :] * n_features + index[None, :, :]  # (s, s, n)
+    block = jnp.take(matrices.reshape(matrices.shape[0], -1), flat, axis=1)
+    eye = jnp.eye(size, dtype=matrices.dtype)[:, :, None]
+    return jnp.where(used[:, None] & used[None, :], block, eye)
 
 
 def _condition(X, observed, means, prec_chol, size: int) -> _Conditioned:
@@ -598,11 +615,7 @@ def _condition(X, observed, means, prec_chol, size: int) -> _Conditioned:
     gradient = jnp.take_along_axis(gradient, index[None], axis=1)  # (K, s, n)
     used = jnp.any(onehot, axis=1)  # (s, n)
     gradient = jnp.where(used[None], gradient, 0)
-    flat = index[:, None, :] * n_features + index[None, :, :]  # (s, s, n)
-    block = jnp.take(precision.reshape(precision.shape[0], -1), flat, axis=1)
-    both = used[:, None] & used[None, :]
-    eye = jnp.eye(size, dtype=X.dtype)[:, :, None]
-    block = jnp.where(both, block, eye)  # (K, s, s, n); padded slots: identity
+    block = _slot_block(precision, index, used)  # P_mm
     if size <= _LARGEST_SMALL_SIZE:
         terms = _factor_by_entries(block, gradient)
     else:
@@ -703,7 +716,8 @@ def _inverse_factor_rows(inverse: Array, onehot: Array) -> list[Array]:
 
     ``inverse`` (s, s, K, n) holds L⁻¹ and ``onehot`` (s, D, n) the slots'
     one-hot rows E, so Eᵀ P_mm⁻¹ E = Σ_i (row i)ᵀ (row i): the conditional
-    covariance of the missing block, placed in D×D.
+    covariance of the missing block, placed in D×D. (Any rows E (s, [K,] D,
+    n) will do: :func:`_condition_observed` passes columns of Σ.)
     """
     onehot = onehot.astype(inverse.dtype)
     if inverse.shape[0] > _LARGEST_SMALL_SIZE:  # one operation, not s² of them
@@ -833,7 +847,6 @@ def _condition_observed(X, observed, means, prec_chol, size):
     tied = prec_chol.ndim == 2
     if tied:
         prec_chol = prec_chol[None]
-    n_features = means.shape[1]
     root = _invert_lower_unblocked(_t(prec_chol))  # (Uᵀ)⁻¹: Σ = root rootᵀ
     covariance = root @ _t(root)  # (K or 1, D, D)
     centred = X.T[None] - means[:, :, None]  # (K, D, n)
@@ -841,28 +854,20 @@ def _condition_observed(X, observed, means, prec_chol, size):
     used = jnp.any(onehot, axis=1)  # (s, n)
     residual = jnp.take_along_axis(centred, index[None], axis=1)  # (K, s, n)
     residual = jnp.where(used[None], residual, 0)
-    flat = index[:, None, :] * n_features + index[None, :, :]  # (s, s, n)
-    block = jnp.take(covariance.reshape(covariance.shape[0], -1), flat, axis=1)
-    eye = jnp.eye(size, dtype=X.dtype)[:, :, None]
-    block = jnp.where(used[:, None] & used[None, :], block, eye)  # padded: identity
-    factor = _cholesky_entries(
-        [[block[:, i, j] for j in range(i + 1)] for i in range(size)]
-    )
-    solved = _forward_entries(factor, [residual[:, i] for i in range(size)])
-    weights_o = _backward_entries(factor, solved)  # Σ_oo⁻¹ z_o
-    maha = sum(jnp.square(w) for w in solved)
-    log_det = -sum(jnp.log(row[-1]) for row in factor)
+    solved, half, weights_o, factor, _ = _factor_by_entries(
+        _slot_block(covariance, index, used), residual
+    )  # L⁻¹ z_o, ½ log|Σ_oo|, Σ_oo⁻¹ z_o, L
+    maha = _sum_of_squares(solved, axis=0)
+    log_det = -half
     # Columns of Σ at the observed features, zero for padded slots.
-    columns = [
-        jnp.take(covariance, index[i], axis=2) * used[i].astype(X.dtype)
-        for i in range(size)
-    ]  # s arrays (K or 1, D, n)
+    columns = jnp.stack(
+        [
+            jnp.take(covariance, index[i], axis=2) * used[i].astype(X.dtype)
+            for i in range(size)
+        ]
+    )  # (s, K or 1, D, n)
     completed = sum(c * w[:, None, :] for c, w in zip(columns, weights_o))
-    inverse = _inverse_lower(factor)
-    rows = [
-        sum(inverse[i][j][:, None, :] * columns[j] for j in range(i + 1))
-        for i in range(size)
-    ]
+    rows = _inverse_factor_rows(_invert_stacked(factor), columns)  # u_i
 
     def moments(resp):
         weights = resp.T[:, None, :]  # (K, 1, n)
