@@ -502,14 +502,14 @@ class _Conditioned(NamedTuple):
 
 
 def _factor_by_entries(block: Array, gradient: Array):
-    """:class:`_Conditioned`'s factor terms from P_mm (K, s, s, n) and g (K, s, n).
+    """:class:`_Conditioned`'s factor terms from P_mm (s, s, K, n) and g (K, s, n).
 
     Entry by entry (:func:`_cholesky_entries`): for the small sizes, where it
     is fastest; its code grows as s³.
     """
-    size = block.shape[1]
+    size = block.shape[0]
     factor = _cholesky_entries(
-        [[block[:, i, j] for j in range(i + 1)] for i in range(size)]
+        [[block[i, j] for j in range(i + 1)] for i in range(size)]
     )
     solved = _forward_entries(factor, [gradient[:, i] for i in range(size)])
     move = _backward_entries(factor, solved)
@@ -524,7 +524,7 @@ def _factor_by_lapack(block: Array, gradient: Array):
     with s (the entries took minutes to compile at s = 30); sub-blocks this
     large are rare once rows are ordered by their count of missing features.
     """
-    lower = jnp.linalg.cholesky(jnp.moveaxis(block, 3, 1))  # (K, n, s, s)
+    lower = jnp.linalg.cholesky(jnp.moveaxis(block, (0, 1), (2, 3)))  # (K, n, s, s)
     eye = jnp.broadcast_to(jnp.eye(lower.shape[-1], dtype=lower.dtype), lower.shape)
     inverse = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
     # L⁻¹ g and L⁻ᵀ L⁻¹ g as products with L⁻¹: a batched triangular solve
@@ -587,16 +587,21 @@ def _stacked_products(matrices: list[Array], data_t: Array, means: Array):
 
 
 def _slot_block(matrices: Array, index: Array, used: Array) -> Array:
-    """Each row's block of ``matrices`` (K or 1, D, D) at its slots: (K, s, s, n).
+    """Each row's block of ``matrices`` (K or 1, D, D) at its slots: (s, s, K, n).
 
     ``index`` (s, n) lists the features, ``used`` (s, n) marks the slots in
-    use; a padded slot gets an identity row and column.
+    use; a padded slot gets an identity row and column. Each entry is one
+    gathered row of K values of the (D·D, K) table, rather than K values
+    gathered one by one from (K, D·D): the whole fit measured about 5% faster
+    (N = 100,000, D = 16, K = 8, 20% missing, on a 2-core CPU).
     """
     n_features, size = matrices.shape[-1], index.shape[0]
     flat = index[:, None, :] * n_features + index[None, :, :]  # (s, s, n)
-    block = jnp.take(matrices.reshape(matrices.shape[0], -1), flat, axis=1)
-    eye = jnp.eye(size, dtype=matrices.dtype)[:, :, None]
-    return jnp.where(used[:, None] & used[None, :], block, eye)
+    table = matrices.reshape(matrices.shape[0], -1).T  # (D·D, K)
+    block = jnp.moveaxis(jnp.take(table, flat, axis=0), 3, 2)
+    eye = jnp.eye(size, dtype=matrices.dtype)[:, :, None, None]
+    pair = used[:, None] & used[None, :]
+    return jnp.where(pair[:, :, None], block, eye)
 
 
 def _condition(data_t, observed_t, means, prec_chol, size: int) -> _Conditioned:
